@@ -1,0 +1,65 @@
+"""Argument helpers shared by sub-commands: every model-config field as a `--field-name` flag."""
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import MISSING
+
+from cart.config import CARTConfig, DenseConfig, config_fields, config_from_dict, config_to_dict
+
+
+def _bool(v: str) -> bool:
+    s = v.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Add --kind {cart,dense} and one flag per config field (union of both configs), default unset."""
+    g = parser.add_argument_group("model config (any field; unset fields keep their defaults)")
+    g.add_argument("--kind", choices=["cart", "dense"], default=None, help="model family (default: cart)")
+    seen = set()
+    for cls in (CARTConfig, DenseConfig):
+        hints = typing.get_type_hints(cls)
+        for f in config_fields(cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            t = hints[f.name]
+            kw: dict = {"default": None, "dest": f"cfg_{f.name}"}
+            if typing.get_origin(t) is typing.Literal:
+                kw["choices"] = list(typing.get_args(t))
+            elif t is bool:
+                kw["type"], kw["metavar"] = _bool, "BOOL"
+            elif t in (int, float):
+                kw["type"] = t
+            default = f.default if f.default is not MISSING else None
+            owner = "cart" if cls is CARTConfig else "dense"
+            kw["help"] = f"default {default!r}" + ("" if f.name in {x.name for x in config_fields(CARTConfig)} and owner == "cart" else f" ({owner} only)")
+            g.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+
+
+def config_from_args(args: argparse.Namespace, base: dict | None = None):
+    """Base config dict (e.g. from a preset) updated by the flags that were given."""
+    d = dict(base or {})
+    if args.kind:
+        d["kind"] = args.kind
+    kind = d.get("kind", "cart")
+    cls = CARTConfig if kind == "cart" else DenseConfig
+    valid = {f.name for f in config_fields(cls)}
+    over = model_overrides(args)
+    bad = sorted(set(over) - valid)
+    if bad:
+        raise ValueError(f"flag(s) {['--' + b.replace('_', '-') for b in bad]} do not apply to a {kind} model")
+    d.update(over)
+    return config_from_dict(d, source="command line")
+
+
+__all__ = ["add_model_args", "config_from_args", "model_overrides", "config_to_dict"]

@@ -1,0 +1,163 @@
+"""CART: the Context-Anchored Recurrent Transformer (Capps 2026), read top to bottom.
+
+    tokens -> Embed -> P prelude layers -> e (the anchor)
+                                 |-> anchor MLA projection -> K_a, V_a   (once per forward)
+    h = e; buffer = [e, e, e]
+    for r in 0..R-1:                    (ONE shared core block)
+        h~ = blend(buffer) + W_lie pe(r)
+        u  = h~ + CausalCrossAttn(norm(h~), K_a, V_a);  u += SwiGLU(norm(u))
+        h  = gate(h~, u);  buffer = [h] + buffer[:2]
+    coda layer -> final norm -> logits = h Emb^T (tied)
+
+Notable features:
+- every ablation of the paper is a config field (see `CARTConfig`); this file branches on
+  structure only (which modules exist), the per-fidelity maths lives in `recurrence.py`;
+- any loop count at inference (`n_loops=`), with no cap from the loop-index table;
+- incremental decoding with `DecodeCache` (MLA latents for prelude/coda, anchor K/V once);
+- opt-in, sync-free loop statistics (`stats=` dict) for the per-loop contraction.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cart.config import HEAD_DIM, CARTConfig
+from cart.model.attention import AnchorKV, MLASelfAttention
+from cart.model.blocks import Block
+from cart.model.cache import DecodeCache
+from cart.model.layers import RMSNorm, Rotary, init_weights
+from cart.model.recurrence import CoreBlock, HyperBlend, LoopIndexEmbedding, LTIGate
+
+
+class CART(nn.Module):
+    def __init__(self, config: CARTConfig):
+        super().__init__()
+        self.config = c = config
+        d, f, dl = c.d_model, c.d_ff, c.d_latent
+        self.embed = nn.Embedding(c.vocab_size, d)
+        self.rotary = Rotary(HEAD_DIM, c.max_seq_len, c.rope_base)
+        self.prelude = nn.ModuleList(Block(d, f, MLASelfAttention(d, dl, self.rotary), c.norm_eps) for _ in range(c.n_prelude))
+        self.anchor = AnchorKV(d, dl) if c.uses_anchor else None
+        self.cores = nn.ModuleList(
+            CoreBlock(d, f, dl, c.core_attention, c.norm_eps, self.rotary) for _ in range(c.n_core_blocks)
+        )
+        self.hyper = HyperBlend(c.fidelity, c.hyper_init_gap) if c.hyper_connections else None
+        self.loop_embed = LoopIndexEmbedding(d, c.loop_embed_dim) if c.loop_embedding else None
+        self.gate = LTIGate(d, c.gate_init, c.fidelity) if c.lti_gate else None
+        self.coda = Block(d, f, MLASelfAttention(d, dl, self.rotary), c.norm_eps)
+        self.norm = RMSNorm(d, c.norm_eps)
+        init_weights(self, c.init_std)
+
+    # ------------------------------------------------------------------ forward
+    def resolve_loops(self, n_loops: int | None) -> int:
+        R = self.config.n_loops if n_loops is None else int(n_loops)
+        if R < 1:
+            raise ValueError(f"n_loops must be >= 1, got {R}")
+        if not self.config.share_core and R != self.config.n_loops:
+            raise ValueError(
+                f"n_loops={R} requested, but this model has {self.config.n_loops} distinct core blocks "
+                f"(share_core=False) and can only run with n_loops={self.config.n_loops}"
+            )
+        return R
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        n_loops: int | None = None,
+        cache: DecodeCache | None = None,
+        stats: dict | None = None,
+    ) -> torch.Tensor:
+        """Token ids [B, T] -> logits [B, T, V].
+
+        n_loops: run the core this many times (default: the trained R).
+        cache: absorb these tokens into an incremental-decoding cache (positions continue from cache.pos).
+        stats: if a dict is given, fill it with sync-free loop statistics (tensors): "delta_norm" [R]
+        = ||h_{r+1} - h_r|| and "contraction" [R-1] = delta_norm[1:] / delta_norm[:-1].
+        """
+        c = self.config
+        R = self.resolve_loops(n_loops)
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > c.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model's max_seq_len={c.max_seq_len}")
+
+        x = self.embed(idx)
+        for i, layer in enumerate(self.prelude):
+            x = layer(x, cache, f"prelude{i}")
+        e = x
+
+        kv = None
+        if self.anchor is not None and c.freeze_kv:
+            kv = self._anchor_kv(e, cache, "anchor")  # K/V computed ONCE, reused by every loop
+
+        states = [e, e, e]  # ring buffer of the last 3 loop states, newest first
+        deltas = []
+        for r in range(R):
+            h_tilde = self.hyper(states) if self.hyper is not None else states[0]
+            if self.loop_embed is not None:
+                h_tilde = h_tilde + self.loop_embed(r).to(h_tilde.dtype)
+            core = self.cores[0 if c.share_core else r]
+            if self.anchor is not None and not c.freeze_kv:
+                kv = self._anchor_kv(h_tilde, cache, f"loop{r}.anchor")  # ablation: recompute every loop
+            u = core(h_tilde, kv, cache, f"core{r}")
+            h = self.gate(h_tilde, u) if self.gate is not None else u
+            if stats is not None:
+                deltas.append((h - states[0]).float().norm())
+            states = [h, states[0], states[1]]
+
+        x = self.coda(states[0], cache, "coda")
+        logits = F.linear(self.norm(x), self.embed.weight)  # tied head
+        if cache is not None:
+            cache.advance(T)
+        if stats is not None:
+            dn = torch.stack(deltas)
+            stats["delta_norm"] = dn
+            stats["contraction"] = dn[1:] / dn[:-1].clamp_min(1e-30)
+        return logits
+
+    def _anchor_kv(self, x: torch.Tensor, cache: DecodeCache | None, key: str):
+        k, v = self.anchor(x)
+        if cache is not None:  # stored [B, T, H, D] so the time axis is dim 1
+            k = cache.extend(key + ".k", k.transpose(1, 2)).transpose(1, 2)
+            v = cache.extend(key + ".v", v.transpose(1, 2)).transpose(1, 2)
+        return k, v
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None) -> torch.Tensor:
+        logits = self(idx, n_loops=n_loops, stats=stats)
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    # ------------------------------------------------------------------ diagnostics (no training code needed)
+    @torch.no_grad()
+    def gate_stats(self) -> dict[str, torch.Tensor]:
+        """rho_gate = max_i sigmoid(a_i) (the paper's "spectral radius") plus min/mean. Empty without a gate."""
+        if self.gate is None:
+            return {}
+        A = torch.sigmoid(self.gate.a.float())
+        return {"rho_gate": A.max(), "gate_min": A.min(), "gate_mean": A.mean()}
+
+    @torch.no_grad()
+    def hyper_weights(self) -> torch.Tensor | None:
+        """The blend weights in effect over [newest, previous, oldest] state (None when ablated)."""
+        return None if self.hyper is None else self.hyper.weights()
+
+    def carried_state_coefficient(self) -> torch.Tensor:
+        """Per-channel coefficient on h~ in the loop update when the core's update is held fixed:
+        A (stable), 1 + A (paper), 1 (no gate: plain residual u = h~ + delta)."""
+        if self.gate is None:
+            return torch.ones(self.config.d_model)
+        A = torch.sigmoid(self.gate.a.detach().float())
+        return 1 + A if self.config.fidelity == "paper" else A
+
+    def no_decay_parameter_names(self) -> set[str]:
+        """Parameters that stable fidelity exempts from weight decay (SPEC §6.4): gates, blend
+        weights, norms and the loop-index projection."""
+        names = set()
+        for n, p in self.named_parameters():
+            if n.startswith(("gate.", "hyper.", "loop_embed.")) or p.ndim == 1:
+                names.add(n)
+        return names
+
+    def num_params(self) -> int:
+        """Stored (unique) parameters, the tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())

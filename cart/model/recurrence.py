@@ -1,0 +1,108 @@
+"""The recurrent part of CART: loop-index embedding, hyper-connection blend, LTI gate, core block.
+
+Fidelity lives here and only here (SPEC §6):
+- gate, "stable": h = A*h~ + (u - h~): the carried state is multiplied by A = sigmoid(a) < 1.
+  gate, "paper": h = A*h~ + u = (1 + A)*h~ + delta (the published double residual).
+- hyper blend, "stable": softmax logits [0, -gap, -gap] -> the pure residual [1, 0, 0] to fp32
+  precision; convex at all times, so the carried-state gain stays <= max A < 1.
+  hyper blend, "paper": softmax([1, 0, 0]) = [0.576, 0.212, 0.212], as published.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cart.model.attention import CrossAttention, MLASelfAttention
+from cart.model.layers import RMSNorm, Rotary, SwiGLU
+
+
+def sinusoid(r: int, dim: int, device=None) -> torch.Tensor:
+    """Fixed sinusoidal code of loop index r (transformer-style, base 10,000). Defined for every r,
+    so no loop count is ever capped; r < 16 reproduces the paper's 16-row table."""
+    i = torch.arange(0, dim, 2, dtype=torch.float64, device=device)
+    ang = r / (10_000.0 ** (i / dim))
+    out = torch.empty(dim, dtype=torch.float64, device=device)
+    out[0::2], out[1::2] = ang.sin(), ang.cos()
+    return out.float()
+
+
+class LoopIndexEmbedding(nn.Module):
+    """h~ += W_lie pe(r), W_lie: 32 -> d (no bias)."""
+
+    def __init__(self, d: int, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim, d, bias=False)
+        self._codes: dict[tuple[int, str], torch.Tensor] = {}
+
+    def forward(self, r: int) -> torch.Tensor:
+        w = self.proj.weight
+        key = (r, str(w.device))
+        code = self._codes.get(key)
+        if code is None:  # computed once per (loop index, device), then reused without host work
+            code = self._codes[key] = sinusoid(r, self.dim, w.device)
+        return self.proj(code.to(w.dtype))
+
+
+class LTIGate(nn.Module):
+    """A = sigmoid(a), a in R^d initialised so that A = gate_init (0.9 -> a = ln 9)."""
+
+    def __init__(self, d: int, init: float, fidelity: str):
+        super().__init__()
+        self.fidelity = fidelity
+        self.a = nn.Parameter(torch.full((d,), math.log(init / (1 - init))))
+
+    def reset_parameters(self, init: float) -> None:
+        nn.init.constant_(self.a, math.log(init / (1 - init)))
+
+    def forward(self, h_tilde: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        A = torch.sigmoid(self.a).to(u.dtype)
+        if self.fidelity == "paper":
+            return A * h_tilde + u  # published: (1 + A) h~ + delta
+        return A * h_tilde + (u - h_tilde)  # contractive: A h~ + delta
+
+
+class HyperBlend(nn.Module):
+    """h~ = sum_i w_i buffer[i] over the last 3 loop states, w = softmax(logits)."""
+
+    def __init__(self, fidelity: str, gap: float):
+        super().__init__()
+        self.fidelity, self.gap = fidelity, gap
+        self.logits = nn.Parameter(torch.zeros(3))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init = [1.0, 0.0, 0.0] if self.fidelity == "paper" else [0.0, -self.gap, -self.gap]
+        with torch.no_grad():
+            self.logits.copy_(torch.tensor(init))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits.float(), dim=0)
+
+    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+        w = self.weights().to(states[0].dtype)
+        return w[0] * states[0] + w[1] * states[1] + w[2] * states[2]
+
+
+class CoreBlock(nn.Module):
+    """u = h~ + Attn(norm(h~)); u = u + SwiGLU(norm(u)).
+
+    attention="cross": causal cross-attention to the anchor K/V (2d²).
+    attention="self": an MLA self-attention layer (2.75d², RoPE), for the self-attention-core ablation.
+    """
+
+    def __init__(self, d: int, d_ff: int, d_latent: int, attention: str, eps: float, rotary: Rotary | None):
+        super().__init__()
+        self.attention = attention
+        self.norm_attn = RMSNorm(d, eps)
+        self.attn = CrossAttention(d) if attention == "cross" else MLASelfAttention(d, d_latent, rotary)
+        self.norm_mlp = RMSNorm(d, eps)
+        self.mlp = SwiGLU(d, d_ff)
+
+    def forward(self, h: torch.Tensor, kv=None, cache=None, key: str = "") -> torch.Tensor:
+        x = self.norm_attn(h)
+        a = self.attn(x, *kv) if self.attention == "cross" else self.attn(x, cache, key)
+        u = h + a
+        return u + self.mlp(self.norm_mlp(u))
