@@ -1,0 +1,208 @@
+"""Reading prepared data: the manifest, validated token files, and the model/data vocabulary check.
+
+Notable features:
+- `Manifest.load(dir or manifest.json)`: typed access to what `prepare` wrote (domains, validation
+  sets with their in/out-of-domain flag, token/byte/document counts, tokenizer identity, dtype,
+  interleave cycle); `verify()` re-hashes every file against the recorded sha256;
+- `TokenFile`: a read-only memmap that refuses a file whose size is not a multiple of its dtype,
+  whose length disagrees with the manifest, or that holds an id >= vocab_size (checked in 16M-token
+  slices, so memory stays flat whatever the file size);
+- `validate_against_model`: training refuses data tokenized for another vocabulary, naming both.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cart.data.fetch import sha256_file
+
+__all__ = ["Manifest", "ValSet", "TrainDomain", "TokenFile", "validate_against_model", "dtype_for_vocab", "MANIFEST_FORMAT"]
+
+MANIFEST_FORMAT = "cart-data/1"
+_SCAN = 1 << 24  # tokens per slice when checking ids
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+class TokenFile:
+    """A flat token file as a validated, read-only memmap. `len(tf)` tokens; `tf.tokens[i:j]`."""
+
+    def __init__(self, path: str | os.PathLike, vocab_size: int | None = None, dtype=None, expected_tokens: int | None = None,
+                 check_ids: bool = True):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"token file {self.path} not found")
+        if dtype is None:
+            dtype = dtype_for_vocab(vocab_size) if vocab_size is not None else self._dtype_from_manifest()
+        self.dtype = np.dtype(dtype)
+        self.vocab_size = vocab_size
+        size = self.path.stat().st_size
+        if size % self.dtype.itemsize:
+            raise ValueError(f"{self.path}: {size} bytes is not a multiple of {self.dtype.itemsize} ({self.dtype}): "
+                             f"the file is truncated or not a {self.dtype} token file")
+        n = size // self.dtype.itemsize
+        if expected_tokens is not None and n != expected_tokens:
+            raise ValueError(f"{self.path}: holds {n} tokens but the manifest records {expected_tokens}: the file is "
+                             f"truncated or from another preparation (run `cart data prepare` again)")
+        if n == 0:
+            raise ValueError(f"{self.path}: empty token file")
+        self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(n,))
+        if check_ids and vocab_size is not None:
+            self._check_ids(vocab_size)
+
+    def _dtype_from_manifest(self) -> np.dtype:
+        for folder in (self.path.parent, self.path.parent.parent):
+            m = folder / "manifest.json"
+            if m.exists():
+                return np.dtype(json.loads(m.read_text())["dtype"])
+        raise ValueError(f"{self.path}: cannot tell the token dtype: pass dtype= or vocab_size=, or keep manifest.json beside it")
+
+    def _check_ids(self, vocab_size: int) -> None:
+        for start in range(0, len(self.tokens), _SCAN):
+            block = self.tokens[start:start + _SCAN]
+            hi = int(block.max())
+            if hi >= vocab_size:
+                pos = start + int(np.argmax(block >= vocab_size))
+                raise ValueError(f"{self.path}: token id {hi} at position {pos} is >= vocab_size {vocab_size}: the file "
+                                 f"is corrupt or was tokenized with another tokenizer")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self.path)!r}, tokens={len(self)}, dtype={self.dtype})"
+
+
+@dataclass
+class TrainDomain:
+    name: str
+    path: Path
+    docs: int
+    bytes: int
+    tokens: int
+    sha256: str
+
+
+@dataclass
+class ValSet:
+    name: str
+    path: Path
+    docs: int
+    bytes: int     # UTF-8 bytes of the documents' text (no BOS/EOS): the denominator of bits per byte
+    tokens: int    # tokens in the file, BOS and EOS of every document included
+    sha256: str
+    out_of_domain: bool
+
+
+class Manifest:
+    """What `prepare` wrote into a prepared folder (`<root>/<recipe>/manifest.json`)."""
+
+    def __init__(self, data: dict, root: Path):
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"{root / 'manifest.json'}: format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        self.data, self.root = data, root
+        tok = data["tokenizer"]
+        self.name: str = data["recipe"]["name"]
+        self.vocab_size: int = tok["vocab_size"]
+        self.bos_id: int = tok["bos_id"]
+        self.eos_id: int = tok["eos_id"]
+        self.tokenizer_name: str = tok["name"]
+        self.tokenizer_sha256: str = tok["sha256"]
+        self.tokenizer_path: Path = root / tok["file"]
+        self.dtype = np.dtype(data["dtype"])
+        self.chunk_len: int = data["interleave"]["chunk_len"]
+        self.cycle: dict[str, int] = dict(data["interleave"]["cycle"])
+        self.train: dict[str, TrainDomain] = {k: TrainDomain(k, root / v["path"], v["docs"], v["bytes"], v["tokens"], v["sha256"])
+                                              for k, v in data["train"].items()}
+        self.train_domains: list[str] = list(self.train)
+        self.val_sets: dict[str, ValSet] = {k: ValSet(k, root / v["path"], v["docs"], v["bytes"], v["tokens"], v["sha256"], v["out_of_domain"])
+                                            for k, v in data["val"].items()}
+        if dtype_for_vocab(self.vocab_size) != self.dtype:
+            raise ValueError(f"{root / 'manifest.json'}: dtype {self.dtype} does not fit vocab_size {self.vocab_size}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Manifest":
+        p = Path(path)
+        if p.is_dir():
+            p = p / "manifest.json"
+        if not p.exists():
+            raise FileNotFoundError(f"no manifest at {p}: prepare the data first (`cart data prepare <recipe>`)")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from None
+        return cls(data, p.parent.resolve())
+
+    def load_tokenizer(self):
+        """The tokenizer this data was made with; refused if the file beside the manifest changed."""
+        from cart.data.tokenizer import load_tokenizer
+        if not self.tokenizer_path.exists():
+            raise FileNotFoundError(f"{self.tokenizer_path} (the tokenizer named in {self.root / 'manifest.json'}) is missing")
+        got = sha256_file(self.tokenizer_path)
+        if got != self.tokenizer_sha256:
+            raise ValueError(f"{self.tokenizer_path}: sha256 {got[:12]}… is not the tokenizer this data was tokenized with "
+                             f"({self.tokenizer_name!r}, sha256 {self.tokenizer_sha256[:12]}…)")
+        tok = load_tokenizer(self.tokenizer_path, name=self.tokenizer_name)
+        if tok.vocab_size != self.vocab_size:
+            raise ValueError(f"{self.tokenizer_path}: vocab_size {tok.vocab_size} differs from the manifest's {self.vocab_size}")
+        return tok
+
+    def train_file(self, domain: str, check_ids: bool = True) -> TokenFile:
+        if domain not in self.train:
+            raise ValueError(f"{self.root}: no training domain {domain!r} (have {self.train_domains})")
+        d = self.train[domain]
+        return TokenFile(d.path, self.vocab_size, self.dtype, expected_tokens=d.tokens, check_ids=check_ids)
+
+    def val_file(self, name: str, check_ids: bool = True) -> TokenFile:
+        if name not in self.val_sets:
+            raise ValueError(f"{self.root}: no validation set {name!r} (have {list(self.val_sets)})")
+        v = self.val_sets[name]
+        return TokenFile(v.path, self.vocab_size, self.dtype, expected_tokens=v.tokens, check_ids=check_ids)
+
+    def verify(self) -> None:
+        """Re-hash every token file and the tokenizer against the manifest; raise on the first mismatch."""
+        items = [(d.path, d.sha256) for d in self.train.values()] + [(v.path, v.sha256) for v in self.val_sets.values()]
+        items.append((self.tokenizer_path, self.tokenizer_sha256))
+        for path, sha in items:
+            if not path.exists():
+                raise FileNotFoundError(f"{path} (listed in {self.root / 'manifest.json'}) is missing")
+            got = sha256_file(path)
+            if got != sha:
+                raise ValueError(f"{path}: sha256 {got[:16]}… differs from the manifest's {sha[:16]}…: the file changed or is corrupt")
+
+    def summary(self) -> str:
+        """A human-readable table of the manifest (what `cart data info` prints)."""
+        tok = self.data["tokenizer"]
+        lines = [f"recipe {self.name}  ({self.root})",
+                 f"tokenizer {tok['name']} [{tok['kind']}] vocab {self.vocab_size:,}  bos {self.bos_id} eos {self.eos_id}  "
+                 f"sha256 {self.tokenizer_sha256[:12]}…  dtype {self.dtype}",
+                 f"interleave: chunks of {self.chunk_len} tokens, cycle " + " ".join(f"{k}×{v}" for k, v in self.cycle.items()),
+                 "", f"{'split':<6} {'name':<14} {'docs':>9} {'MB':>8} {'tokens':>12} {'bytes/tok':>9}  kind"]
+        for d in self.train.values():
+            lines.append(f"{'train':<6} {d.name:<14} {d.docs:>9,} {d.bytes / 1e6:>8.2f} {d.tokens:>12,} {d.bytes / d.tokens:>9.2f}")
+        for v in self.val_sets.values():
+            lines.append(f"{'val':<6} {v.name:<14} {v.docs:>9,} {v.bytes / 1e6:>8.2f} {v.tokens:>12,} {v.bytes / v.tokens:>9.2f}  "
+                         f"{'out-of-domain' if v.out_of_domain else 'held-out'}")
+        tt = sum(d.tokens for d in self.train.values())
+        lines.append(f"\ntraining tokens: {tt:,}")
+        return "\n".join(lines)
+
+
+def validate_against_model(manifest, vocab_size: int, allow_padded: bool = False) -> None:
+    """Refuse data whose tokenizer does not match the model's vocabulary.
+
+    `allow_padded=True` accepts a model vocabulary larger than the tokenizer's (embedding rows
+    padded to a multiple of 64 or 128 for speed); the default requires equality.
+    """
+    m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    ok = vocab_size == m.vocab_size or (allow_padded and vocab_size > m.vocab_size)
+    if not ok:
+        raise ValueError(f"data {m.root} was tokenized with {m.tokenizer_name!r} (vocab_size {m.vocab_size:,}) but the model "
+                         f"has vocab_size {vocab_size:,}: set the model's vocab_size to {m.vocab_size} or prepare the data "
+                         f"with a matching tokenizer")

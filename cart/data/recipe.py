@@ -1,0 +1,185 @@
+"""Data recipes: TOML files that say which sources become which training domains and validation sets.
+
+A tier (`smoke`, `cpu`, `paper`) is one file in `cart/presets/data/`; any other path works too.
+Schema (every key is checked; errors name the file and the field):
+
+    name = "cpu"                 # the prepared folder: <data root>/<name>/
+    description = "..."
+    seed = 0                     # fixes the train/validation split and the document order
+    val_tokens = 150_000         # default size of each validation set, in tokens (whole documents)
+
+    [tokenizer]
+    kind = "bpe"                 # bpe (trained on the training split) | llama2 | gpt2 | file
+    vocab_size = 8192            # bpe only
+    sample_bytes = 50_000_000    # bpe only, optional: at most this much text per training domain
+    path = "tok/tokenizer.json"  # file only (relative to the recipe's folder)
+
+    [interleave]
+    chunk_len = 256              # tokens per single-domain chunk: the intended training sequence length
+    cycle = { news-us = 3, speeches = 3, python-docs = 4 }   # chunks per domain in one cycle, in order
+
+    [[train]]                    # a training domain, with an in-domain held-out validation set
+    name = "news-us"
+    source = "news-us"           # a registry name, or {files = ...} / {hf = ...} / {synthetic = ...}
+    val_tokens = 150_000         # optional; 0 = no held-out set
+    train_tokens = 300_000_000   # optional cap on the training tokens
+    max_bytes = 1_400_000_000    # optional cap on the text read from the source
+
+    [[ood]]                      # an out-of-domain validation set: a source never trained on
+    name = "shakespeare"
+    source = "shakespeare"
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cart.data.sources import HubSource, Source, source_from_spec
+
+__all__ = ["Domain", "Recipe", "load_recipe", "list_recipes", "PRESET_DIR"]
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "data"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TOKENIZER_KINDS = {"bpe": {"vocab_size", "sample_bytes", "min_frequency"}, "llama2": set(), "gpt2": set(), "file": {"path"}}
+
+
+@dataclass
+class Domain:
+    name: str
+    source: Source
+    out_of_domain: bool
+    val_tokens: int
+    train_tokens: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    path: Path
+    sha256: str            # of the recipe file's bytes: a prepared folder is current iff this matches
+    seed: int
+    tokenizer: dict
+    chunk_len: int
+    cycle: dict[str, int]
+    train: list[Domain]
+    ood: list[Domain]
+    raw: dict              # the parsed TOML, recorded in the manifest
+
+    @property
+    def domains(self) -> list[Domain]:
+        return self.train + self.ood
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A preset by name (`smoke`, `cpu`, `paper`) or a recipe file by path."""
+    p = Path(name_or_path)
+    if p.suffix != ".toml" and not p.exists():
+        p = PRESET_DIR / f"{name_or_path}.toml"
+        if not p.exists():
+            raise FileNotFoundError(f"no data recipe {str(name_or_path)!r}: presets are {list_recipes()}, or give a .toml path")
+    if not p.exists():
+        raise FileNotFoundError(f"data recipe {p} not found")
+    data = p.read_bytes()
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{p}: invalid TOML: {e}") from None
+    return _parse(raw, p.resolve(), hashlib.sha256(data).hexdigest())
+
+
+def _parse(raw: dict, path: Path, sha: str) -> Recipe:
+    def err(field: str, msg: str) -> ValueError:
+        return ValueError(f"{path}: {field}: {msg}")
+
+    def pos_int(v, field: str, allow_zero: bool = False) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
+            raise err(field, f"expected a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+        return v
+
+    unknown = set(raw) - {"name", "description", "seed", "val_tokens", "tokenizer", "interleave", "train", "ood"}
+    if unknown:
+        raise err(", ".join(sorted(unknown)), "unknown key(s)")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise err("name", f"expected a simple name (letters, digits, . _ -), got {name!r}")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise err("seed", f"expected an integer, got {seed!r}")
+    default_val = pos_int(raw.get("val_tokens", 0), "val_tokens", allow_zero=True)
+
+    tok = dict(raw.get("tokenizer", {}))
+    kind = tok.get("kind")
+    if kind not in _TOKENIZER_KINDS:
+        raise err("tokenizer.kind", f"expected one of {sorted(_TOKENIZER_KINDS)}, got {kind!r}")
+    extra = set(tok) - {"kind"} - _TOKENIZER_KINDS[kind]
+    if extra:
+        raise err("tokenizer", f"key(s) {sorted(extra)} do not apply to kind {kind!r}")
+    if kind == "bpe":
+        pos_int(tok.get("vocab_size"), "tokenizer.vocab_size")
+        if "sample_bytes" in tok:
+            pos_int(tok["sample_bytes"], "tokenizer.sample_bytes")
+    if kind == "file":
+        if not isinstance(tok.get("path"), str):
+            raise err("tokenizer.path", "a tokenizer file path is required for kind 'file'")
+        tok["path"] = str((path.parent / tok["path"]).resolve())
+
+    def domains(key: str, ood: bool) -> list[Domain]:
+        out = []
+        items = raw.get(key, [])
+        if not isinstance(items, list):
+            raise err(key, "expected an array of tables ([[" + key + "]])")
+        for i, d in enumerate(items):
+            where = f"{key}[{i}]"
+            bad = set(d) - {"name", "source", "val_tokens", "train_tokens", "max_bytes"}
+            if ood:
+                bad |= {"train_tokens"} & set(d)
+            if bad:
+                raise err(f"{where}", f"unknown key(s) {sorted(bad)}")
+            dname = d.get("name", d.get("source") if isinstance(d.get("source"), str) else None)
+            if not isinstance(dname, str) or not _NAME.match(dname):
+                raise err(f"{where}.name", f"expected a simple name, got {dname!r}")
+            if "source" not in d:
+                raise err(f"{where}.source", "missing")
+            try:
+                src = source_from_spec(dname, d["source"], path.parent)
+            except ValueError as e:
+                raise err(f"{where}.source", str(e)) from None
+            max_bytes = pos_int(d["max_bytes"], f"{where}.max_bytes") if "max_bytes" in d else None
+            if isinstance(src, HubSource) and max_bytes:
+                # cache only what the recipe reads, not the whole (possibly enormous) hub corpus
+                src = dataclasses.replace(src, max_bytes=max_bytes)
+            out.append(Domain(dname, src, ood, pos_int(d.get("val_tokens", default_val), f"{where}.val_tokens", allow_zero=not ood),
+                              pos_int(d["train_tokens"], f"{where}.train_tokens") if "train_tokens" in d else None, max_bytes))
+        return out
+
+    train, ood = domains("train", False), domains("ood", True)
+    if not train:
+        raise err("train", "a recipe needs at least one [[train]] domain")
+    names = [d.name for d in train + ood]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise err("train/ood names", f"duplicated: {dup} (each names a validation set)")
+
+    inter = raw.get("interleave", {})
+    bad = set(inter) - {"chunk_len", "cycle"}
+    if bad:
+        raise err("interleave", f"unknown key(s) {sorted(bad)}")
+    chunk_len = pos_int(inter.get("chunk_len", 1024), "interleave.chunk_len")
+    cycle = inter.get("cycle", {d.name: 1 for d in train})
+    if not isinstance(cycle, dict):
+        raise err("interleave.cycle", f"expected a table of domain = chunks, got {cycle!r}")
+    if set(cycle) != {d.name for d in train}:
+        raise err("interleave.cycle", f"must name exactly the training domains {[d.name for d in train]}, got {list(cycle)}")
+    for k, v in cycle.items():
+        pos_int(v, f"interleave.cycle.{k}")
+    return Recipe(name, raw.get("description", ""), path, sha, seed, tok, chunk_len, dict(cycle), train, ood, raw)
