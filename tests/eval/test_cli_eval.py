@@ -1,0 +1,95 @@
+"""`cart eval ppl | tasks | vary-r` and `cart generate` end to end on the smoke data, and their errors."""
+import json
+
+import pytest
+
+from cart.cli import main
+from tests.eval.helpers import LAMBADA_ITEMS, MC_ITEMS, lambada_rows, mc_rows, save_checkpoint, tiny_cart, write_task
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Smoke data prepared by cart.data, a tiny random model for its tokenizer, and a task folder."""
+    from cart.data import Manifest, prepare
+
+    root = tmp_path_factory.mktemp("cli")
+    data = prepare("smoke", data_root=root / "data", log=lambda *a: None)
+    vocab = Manifest.load(data).vocab_size
+    run_dir = root / "run"
+    save_checkpoint(tiny_cart(vocab=vocab, max_seq_len=128), run_dir, data_dir=data)
+    tasks = root / "tasks"
+    write_task(tasks, "toy_mc", "rc_0shot", mc_rows(MC_ITEMS))
+    write_task(tasks, "lambada", "bpb_0shot", lambada_rows(LAMBADA_ITEMS))
+    return {"root": root, "data": data, "run": run_dir, "tasks": tasks, "vocab": vocab}
+
+
+def test_ppl_every_validation_set(run, capsys):
+    assert main(["eval", "ppl", str(run["run"]), "--json", "--batch-size", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from cart.data import Manifest
+
+    m = Manifest.load(run["data"])
+    assert set(out["perplexity"]) == set(m.val_sets)
+    for name, r in out["perplexity"].items():
+        assert r["tokens"] == m.val_sets[name].tokens - 1  # the whole set
+        assert r["seq_len"] == 64  # from the run's train_config.json
+        assert r["bpb"] > 0 and not r["bpb_estimated"]
+        assert r["out_of_domain"] == m.val_sets[name].out_of_domain
+    assert main(["eval", "ppl", str(run["run"]), "--sets", "code", "--stride", "32", "--max-tokens", "500"]) == 0
+    table = capsys.readouterr().out
+    assert "| code |" in table and "~" in table  # estimated bpb is marked
+
+
+def test_tasks_json_and_table(run, capsys, tmp_path):
+    out_file = tmp_path / "res.json"
+    assert main(["eval", "tasks", str(run["run"]), "--source", str(run["tasks"]), "--tasks", "toy_mc,lambada",
+                 "--limit", "3", "--out", str(out_file)]) == 0
+    res = json.loads(out_file.read_text())
+    assert res["n-samples"]["toy_mc"]["effective"] == 3 and "perplexity" in res["results"]["lambada"]
+    assert "| toy_mc | 3 |" in capsys.readouterr().out
+    assert main(["eval", "tasks", "--list", "--source", str(run["tasks"])]) == 0
+    assert "lambada" in capsys.readouterr().out
+
+
+def test_vary_r_and_generate(run, capsys):
+    assert main(["eval", "vary-r", str(run["run"]), "--loops", "1,3", "--max-tokens", "300", "--sets", "stories",
+                 "--tasks", "lambada", "--source", str(run["tasks"]), "--adaptive-tol", "0.05", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["n_loops"] for r in res["rows"]] == [1, 3, "adaptive"]
+    assert main(["generate", str(run["run"]), "--prompt", "Once upon a time", "--max-new-tokens", "8", "--seed", "1"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("Once upon a time") and "tok/s" in out.err
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "mismatch", "no-tokenizer", "bad-task", "long-prompt", "no-subcommand",
+                                  "bad-r"])
+def test_bad_input_is_one_clear_line(run, capsys, tmp_path, case):
+    r = str(run["run"])
+    if case == "missing":
+        argv, msg = ["eval", "ppl", str(tmp_path / "nope")], "checkpoint not found"
+    elif case == "corrupt":
+        ck = save_checkpoint(tiny_cart(vocab=run["vocab"]), tmp_path / "bad", data_dir=run["data"])
+        (ck / "model.safetensors").write_bytes(b"garbage")
+        argv, msg = ["eval", "ppl", str(tmp_path / "bad")], "no readable checkpoint"
+    elif case == "mismatch":
+        save_checkpoint(tiny_cart(vocab=258), tmp_path / "other", data_dir=run["data"])
+        argv, msg = ["eval", "tasks", str(tmp_path / "other"), "--source", str(run["tasks"])], "tokenizer mismatch"
+    elif case == "no-tokenizer":
+        save_checkpoint(tiny_cart(vocab=run["vocab"]), tmp_path / "bare")
+        argv, msg = ["generate", str(tmp_path / "bare"), "--prompt", "hi"], "no tokenizer known"
+    elif case == "bad-task":
+        d = write_task(tmp_path / "t", "toy_mc", "rc_0shot", [])
+        (d / "requests.jsonl.gz").unlink()
+        (d / "requests.jsonl").write_text(json.dumps(mc_rows(MC_ITEMS)[0]) + "\n{broken\n")
+        argv, msg = ["eval", "tasks", r, "--source", str(tmp_path / "t"), "--tasks", "toy_mc"], "line 2: malformed JSON"
+    elif case == "long-prompt":
+        argv, msg = ["generate", r, "--prompt", "word " * 400], "the model's context is 128"
+    elif case == "no-subcommand":
+        assert main(["eval"]) == 2
+        return
+    else:
+        save_checkpoint(tiny_cart(vocab=run["vocab"], n_loops=2, share_core=False), tmp_path / "unshared", data_dir=run["data"])
+        argv, msg = ["eval", "vary-r", str(tmp_path / "unshared"), "--loops", "4", "--max-tokens", "10"], "distinct core blocks"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and err.count("\n") == 1
