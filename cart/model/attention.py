@@ -65,11 +65,29 @@ class MLASelfAttention(nn.Module):
         q, c = self.w_q_down(x).split((self.d, self.d_latent), dim=-1)
         if cache is not None:
             c = cache.extend(key, c)
-        k, v = self.w_kv_up(c).split(self.d, dim=-1)
         q = self.rotary(_heads(q, self.n_heads), start)
+        if cache is not None and x.shape[1] == 1:
+            return self.w_o(_merge(self._decode_attend(q, c)))
+        k, v = self.w_kv_up(c).split(self.d, dim=-1)
         k = self.rotary(_heads(k, self.n_heads), 0)
         y = causal_attend(q, k, _heads(v, self.n_heads))
         return self.w_o(_merge(y))
+
+    def _decode_attend(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """One new query per sequence (q [B, H, 1, D]) over the cached latents c [B, Tk, d/4], with V
+        absorbed: softmax(q k^T / sqrt(D)) is applied to the latents, then each head's block of W_vup
+        maps its d/4-wide result to D. V = W_vup c is never formed, which halves the per-token
+        up-projection of the whole cache (K still needs it: RoPE acts on the up-projected K, so
+        W_kup cannot be absorbed into the query)."""
+        B, H, _, D = q.shape
+        w_k, w_v = self.w_kv_up.weight.split(self.d, dim=0)  # [d, d/4] each
+        k = self.rotary(_heads(F.linear(c, w_k), H), 0)  # [B, H, Tk, D]
+        # bmm, not broadcasting matmul, which would copy c once per head and W_vup once per sequence
+        scores = torch.bmm(q.reshape(B * H, 1, D), k.reshape(B * H, -1, D).transpose(1, 2))  # [B*H, 1, Tk]
+        att = torch.softmax(scores.view(B, H, -1) * D ** -0.5, dim=-1)  # [B, H, Tk]
+        lat = torch.bmm(att.to(c.dtype), c)  # [B, H, d/4]: all heads share the latents
+        w_v = w_v.view(H, D, self.d_latent).transpose(1, 2).to(lat.dtype)  # [H, d/4, D]
+        return torch.bmm(lat.transpose(0, 1), w_v).transpose(0, 1).unsqueeze(2)  # [B, H, 1, D]
 
 
 class AnchorKV(nn.Module):

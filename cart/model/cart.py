@@ -26,7 +26,7 @@ from cart.config import HEAD_DIM, CARTConfig
 from cart.model.attention import AnchorKV, MLASelfAttention
 from cart.model.blocks import Block
 from cart.model.cache import DecodeCache
-from cart.model.layers import RMSNorm, Rotary, init_weights
+from cart.model.layers import RMSNorm, Rotary, cross_entropy, init_weights
 from cart.model.recurrence import CoreBlock, HyperBlend, LoopIndexEmbedding, LTIGate
 
 
@@ -94,9 +94,11 @@ class CART(nn.Module):
         states = [e, e, e]  # ring buffer of the last 3 loop states, newest first
         deltas = []
         for r in range(R):
-            h_tilde = self.hyper(states) if self.hyper is not None else states[0]
-            if self.loop_embed is not None:
-                h_tilde = h_tilde + self.loop_embed(r).to(h_tilde.dtype)
+            lie = self.loop_embed(r) if self.loop_embed is not None else None
+            if self.hyper is not None:
+                h_tilde = self.hyper(states, lie)  # blend and loop-index embedding in one pass
+            else:
+                h_tilde = states[0] if lie is None else states[0] + lie.to(states[0].dtype)
             core = self.cores[0 if c.share_core else r]
             if self.anchor is not None and not c.freeze_kv:
                 kv = self._anchor_kv(h_tilde, cache, f"loop{r}.anchor")  # ablation: recompute every loop
@@ -125,7 +127,7 @@ class CART(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None) -> torch.Tensor:
         logits = self(idx, n_loops=n_loops, stats=stats)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return cross_entropy(logits, targets)  # fused: no [tokens, vocab] temporaries (layers.py)
 
     # ------------------------------------------------------------------ diagnostics (no training code needed)
     @torch.no_grad()

@@ -15,7 +15,7 @@ from cart.config import HEAD_DIM, DenseConfig
 from cart.model.attention import MHASelfAttention, MLASelfAttention
 from cart.model.blocks import Block
 from cart.model.cache import DecodeCache
-from cart.model.layers import RMSNorm, Rotary, init_weights
+from cart.model.layers import RMSNorm, Rotary, cross_entropy, init_weights
 
 
 class Dense(nn.Module):
@@ -69,7 +69,7 @@ class Dense(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None) -> torch.Tensor:
         logits = self(idx, n_loops=n_loops, stats=stats)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return cross_entropy(logits, targets)  # fused: no [tokens, vocab] temporaries (layers.py)
 
     def gate_stats(self) -> dict[str, torch.Tensor]:
         return {}

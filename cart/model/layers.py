@@ -1,13 +1,48 @@
 """Building blocks shared by every model: RMSNorm, SwiGLU, rotary position embedding, init.
 
 Notable: SwiGLU keeps its gate and up projections in one matrix (one matmul instead of two, same
-parameter count 3df); RoPE tables are buffers built once per model for max_seq_len positions.
+parameter count 3df); RoPE tables are buffers built once per model for max_seq_len positions;
+`cross_entropy` is the tied head's loss without the [tokens, vocab] temporaries of
+`F.cross_entropy` (its backward turns the logits into their own gradient, in place, chunk by chunk).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """RMSNorm for CPU training: ATen's fused forward kernel (one pass, also returns 1/rms) and a
+    hand-written backward. With autograd on, F.rms_norm runs as its composite (pow, mean, add,
+    rsqrt, two products) and differentiates through each of them."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        xhat = x * rstd
+        dw = (dy * xhat).sum(dim=tuple(range(dy.ndim - 1))) if ctx.needs_input_grad[1] else None
+        g = dy * weight
+        # dx = rstd * (g - xhat * mean(g * xhat))
+        dx = g.sub_(xhat.mul_((g * xhat).mean(-1, keepdim=True))).mul_(rstd)
+        return dx, dw, None
+
+
+_HAS_FUSED_RMS = hasattr(torch.ops.aten, "_fused_rms_norm")
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _custom_autograd_ok() -> bool:
+    """The hand-written autograd Functions here serve ordinary eager autograd only: under
+    torch.compile (the compiler fuses the plain ops itself) and under torch.func transforms
+    (jvp/vmap, e.g. the loop Jacobian diagnostic) the plain ops are used."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _functorch_active()
 
 
 class RMSNorm(nn.Module):
@@ -17,7 +52,37 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (_HAS_FUSED_RMS and x.device.type == "cpu" and x.dtype == self.weight.dtype
+                and (x.requires_grad or self.weight.requires_grad) and _custom_autograd_ok()):
+            return _RMSNormCPU.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class _SiluMul(torch.autograd.Function):
+    """silu(gate) * up from the fused [.., 2f] projection, keeping only that projection for the
+    backward (autograd would also keep silu(gate), f floats per token) and writing both halves of
+    its gradient straight into one [.., 2f] buffer (autograd would concatenate them: one more copy)."""
+
+    @staticmethod
+    def forward(ctx, gu: torch.Tensor, d_ff: int) -> torch.Tensor:
+        gate, up = gu.split(d_ff, dim=-1)
+        out = F.silu(gate)
+        out.mul_(up)
+        ctx.save_for_backward(gu)
+        ctx.d_ff = d_ff
+        return out
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        (gu,) = ctx.saved_tensors
+        gate, up = gu.split(ctx.d_ff, dim=-1)
+        dgu = torch.empty_like(gu)
+        dgate, dup = dgu.split(ctx.d_ff, dim=-1)
+        torch.mul(dy, up, out=dup)  # scratch: dy * up
+        torch.ops.aten.silu_backward.grad_input(dup, gate, grad_input=dgate)  # dy * up * silu'(gate)
+        torch.ops.aten.silu.out(gate, out=dup)
+        dup.mul_(dy)  # dy * silu(gate)
+        return dgu, None
 
 
 class SwiGLU(nn.Module):
@@ -30,21 +95,29 @@ class SwiGLU(nn.Module):
         self.w_down = nn.Linear(d_ff, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_gate_up(x).split(self.d_ff, dim=-1)
+        gu = self.w_gate_up(x)
+        if gu.requires_grad and gu.is_contiguous() and _custom_autograd_ok():
+            return self.w_down(_SiluMul.apply(gu, self.d_ff))
+        gate, up = gu.split(self.d_ff, dim=-1)
         return self.w_down(F.silu(gate) * up)
 
 
 class Rotary(nn.Module):
-    """Rotary embedding tables (base 10,000 by default) for head dim `head_dim`, rotate-half layout."""
+    """Rotary embedding tables (base 10,000 by default) for head dim `head_dim`, rotate-half layout.
+
+    out = x * [cos, cos] + [x2, x1] * [-sin, sin] (x = [x1, x2] split in halves): two full-width
+    tables, so a rotation is one concatenation and one fused multiply-add instead of four
+    half-width products, a subtraction, an addition and a concatenation."""
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         t = torch.arange(max_seq_len, dtype=torch.float64)
         freqs = torch.outer(t, inv_freq)  # [T, D/2]
+        cos, sin = freqs.cos(), freqs.sin()
         # persistent=False: derived from the config, never saved in checkpoints
-        self.register_buffer("cos", freqs.cos().float(), persistent=False)
-        self.register_buffer("sin", freqs.sin().float(), persistent=False)
+        self.register_buffer("cos", torch.cat((cos, cos), -1).float(), persistent=False)  # [T, D]
+        self.register_buffer("sin", torch.cat((-sin, sin), -1).float(), persistent=False)  # [T, D], signed
         self.max_seq_len = max_seq_len
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -55,7 +128,7 @@ class Rotary(nn.Module):
         cos = self.cos[start:start + T].to(x.dtype)
         sin = self.sin[start:start + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -63,3 +136,76 @@ def init_weights(module: nn.Module, std: float) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy on the tied head without [tokens, vocab] temporaries.
+#
+# F.cross_entropy materialises log_softmax (one [N, V] tensor) in the forward pass and, in the
+# backward, a zero-filled [N, V] NLL gradient plus the [N, V] log_softmax gradient: three passes
+# over, and three fresh allocations of, the largest tensor of a small model (at d=256, V=8192 and
+# 2,048 tokens: 67 MB each, page-faulted in anew on every step on CPU). Here the forward keeps only
+# the logits (already saved by nothing else) and one float per token (log-sum-exp); the backward
+# overwrites the logits with softmax - onehot, a cache-sized chunk of rows at a time, and hands
+# that same storage on as the gradient. Mean over targets != ignore_index, like F.cross_entropy.
+_CE_CHUNK_BYTES = {"cpu": 1 << 21}  # CPU: ~2 MB of fp32 logits per chunk (cache-sized)
+_CE_CHUNK_BYTES_OTHER = 1 << 30  # accelerators: few, large chunks (each one is a few kernel launches)
+
+
+def _ce_chunks(n_rows: int, vocab: int, device: torch.device):
+    step = max(1, _CE_CHUNK_BYTES.get(device.type, _CE_CHUNK_BYTES_OTHER) // (4 * vocab))
+    return range(0, n_rows, step), step
+
+
+class _InPlaceCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+        x = logits.view(-1, logits.shape[-1])
+        t = targets.reshape(-1)
+        valid = t != ignore_index
+        t_safe = torch.where(valid, t, torch.zeros_like(t))
+        lse = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+        starts, step = _ce_chunks(x.shape[0], x.shape[1], x.device)
+        for i in starts:
+            torch.logsumexp(x[i:i + step].float(), dim=-1, out=lse[i:i + step])
+        picked = x.gather(1, t_safe[:, None]).squeeze(1).float()
+        count = valid.sum().float()
+        loss = torch.where(valid, lse - picked, torch.zeros_like(lse)).sum() / count
+        ctx.save_for_backward(logits, t_safe, valid, lse, count)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        logits, t_safe, valid, lse, count = ctx.saved_tensors
+        x = logits.view(-1, logits.shape[-1])
+        # d loss / d logit[n, v] = valid[n] * (softmax[n, v] - [v == t[n]]) * grad_loss / count
+        scale = valid.float() * (grad_loss.float() / count)  # [N]
+        starts, step = _ce_chunks(x.shape[0], x.shape[1], x.device)
+        # A positive scale folds into the exponent: scale * exp(x - lse) = exp(x - (lse - log scale)),
+        # one pass fewer (rows with scale 0, i.e. ignored targets, get exp(-inf) = 0). Checking the
+        # sign reads a scalar: free on a CPU, a sync on an accelerator, which keeps the multiply.
+        fold = x.device.type == "cpu" and float(grad_loss) > 0
+        shift = (lse - scale.log()) if fold else lse
+        neg_scale = -scale[:, None]
+        for i in starts:
+            c = x[i:i + step]
+            p = c if c.dtype == torch.float32 else c.float()
+            p.sub_(shift[i:i + step, None]).exp_()
+            if not fold:
+                p.mul_(scale[i:i + step, None])
+            p.scatter_add_(1, t_safe[i:i + step, None], neg_scale[i:i + step])
+            if p is not c:
+                c.copy_(p)
+        return logits, None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean token cross-entropy in fp32 of logits [..., V] against targets [...]; the same value and
+    gradient as F.cross_entropy(logits.float().view(-1, V), targets.reshape(-1)).
+
+    The backward reuses the logits' storage for their gradient: pass logits that nothing else in the
+    graph needs (autograd raises, rather than computing garbage, if something does). Under
+    torch.compile and torch.func transforms the plain F.cross_entropy is used."""
+    if not (logits.requires_grad and logits.is_contiguous() and _custom_autograd_ok()):
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
+    return _InPlaceCrossEntropy.apply(logits, targets, ignore_index)

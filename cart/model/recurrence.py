@@ -59,9 +59,10 @@ class LTIGate(nn.Module):
 
     def forward(self, h_tilde: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         A = torch.sigmoid(self.a).to(u.dtype)
+        # one fused multiply-add over the state (the [d] coefficient is the only extra work)
         if self.fidelity == "paper":
-            return A * h_tilde + u  # published: (1 + A) h~ + delta
-        return A * h_tilde + (u - h_tilde)  # contractive: A h~ + delta
+            return torch.addcmul(u, A, h_tilde)  # published: A h~ + u = (1 + A) h~ + delta
+        return torch.addcmul(u, A - 1, h_tilde)  # contractive: A h~ + (u - h~) = A h~ + delta
 
 
 class HyperBlend(nn.Module):
@@ -81,9 +82,12 @@ class HyperBlend(nn.Module):
     def weights(self) -> torch.Tensor:
         return torch.softmax(self.logits.float(), dim=0)
 
-    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, states: list[torch.Tensor], bias: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_i w_i states[i] (+ bias, broadcast: the loop-index embedding), as three fused
+        multiply-adds over the list (the ring buffer is never stacked or copied)."""
         w = self.weights().to(states[0].dtype)
-        return w[0] * states[0] + w[1] * states[1] + w[2] * states[2]
+        h = w[0] * states[0] if bias is None else torch.addcmul(bias.to(states[0].dtype), w[0], states[0])
+        return torch.addcmul(torch.addcmul(h, w[1], states[1]), w[2], states[2])
 
 
 class CoreBlock(nn.Module):

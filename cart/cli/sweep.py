@@ -1,0 +1,295 @@
+"""`cart sweep run | status | export | print-commands | collect <plan> --tier T --study DIR`.
+
+<plan> is `all`, a stage of the tier's plan (stage1, stage2, parity, ablations, control, fidelity,
+vary_r_train, vary_r) or a comma-separated list; --tier is `paper`, `cpu`, `smoke` or a plan .toml.
+
+On a cluster without a shared worker pool, let the scheduler run the commands and collect after:
+
+    cart sweep print-commands stage1 --tier paper --study S > stage1.txt
+    sbatch --array=1-$(wc -l < stage1.txt) --gres=gpu:1 --wrap 'eval "$(sed -n ${SLURM_ARRAY_TASK_ID}p stage1.txt)"'
+    cart sweep collect stage1 --study S          # when the array is done; then print-commands stage2 ...
+
+Each printed command resumes from its run directory's checkpoint, so requeued tasks lose nothing.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cart.cli import CLIError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="run the paper's experiment stages as resumable plans (results in a SQLite study)",
+                       description="Example: cart sweep run all --tier cpu --study runs/study-cpu --workers 2")
+    ssub = p.add_subparsers(dest="sweep_command", metavar="ACTION")
+
+    def common(q, tier_required: bool = False):
+        q.add_argument("plan", nargs="?", default="all", help="'all', a stage name, or a comma-separated list (default: all)")
+        q.add_argument("--tier", required=False, default=None,
+                       help="paper | cpu | smoke | path/to/plan.toml (default: the tier this study was created with)")
+        q.add_argument("--study", required=True, help="study directory (holds study.db and runs/)")
+
+    r = ssub.add_parser("run", help="plan and run every pending run of the stages (resumes; a finished plan does nothing)")
+    common(r)
+    r.add_argument("--workers", type=int, default=1, help="runs at once (default 1; on GPU machines one per device)")
+    r.add_argument("--devices", default=None, help="comma-separated CUDA devices, one per worker round-robin (e.g. 0,1,2,3)")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads per run (OMP_NUM_THREADS; default cores / workers)")
+    r.add_argument("--lease", type=float, default=120.0, help="seconds without a heartbeat before a run is taken back (default 120)")
+    r.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (default 10)")
+    r.add_argument("--command", default=None,
+                   help="run each run with this command instead of `cart train`; placeholders {run_dir} {config} {python} {name}")
+    r.add_argument("--retry-failed", action="store_true", help="give failed runs a fresh set of retries first")
+    r.add_argument("--print-commands", action="store_true", help="plan, then print one command per pending run instead of running")
+    r.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    r.set_defaults(func=run_sweep)
+
+    s = ssub.add_parser("status", help="progress per stage, running runs with their heartbeats, failures with their errors")
+    common(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run_status)
+
+    e = ssub.add_parser("export", help="export results (one row per stage member) as CSV or JSON")
+    common(e)
+    e.add_argument("--format", choices=["csv", "json"], default="csv")
+    e.add_argument("--out", default=None, help="output file (default: <study>/results.<format>)")
+    e.add_argument("--metrics", default=None, help="also write every logged metric (long CSV) here")
+    e.set_defaults(func=run_export)
+
+    c = ssub.add_parser("print-commands", help="plan, then print one `cart train` command per pending run (SLURM arrays)")
+    common(c)
+    c.set_defaults(func=run_print_commands)
+
+    k = ssub.add_parser("collect", help="record runs that an external scheduler finished (their run directories hold results)")
+    common(k)
+    k.set_defaults(func=run_collect)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _open(args, create: bool):
+    from cart.experiments.plans import PlanError, check_scope, load_plan
+    from cart.experiments.store import DB_NAME, Store, StudyMismatch
+
+    study = Path(args.study)
+    if not create and not (study / DB_NAME).is_file():
+        raise CLIError(f"no study at {study} (expected {study / DB_NAME}); start one with `cart sweep run ... --study {study}`")
+    store = Store(study)
+    tier = args.tier or store.meta("plan_source") or store.meta("tier")
+    if tier is None:
+        store.close()
+        raise CLIError("--tier is required for a new study (paper, cpu, smoke, or a plan .toml)")
+    try:
+        plan = load_plan(tier)
+        store.bind(tier=plan.tier, metric=plan.metric)
+        store.set_meta_default("plan_source", str(tier))
+        stages = plan.select(args.plan)
+        if create:
+            check_scope(plan, store, stages)
+    except (PlanError, StudyMismatch) as e:
+        store.close()
+        raise CLIError(str(e)) from None
+    return study, store, plan, stages
+
+
+def _command(template: str | None):
+    if template is None:
+        return None
+    parts = shlex.split(template)
+
+    def command(run, run_dir: Path) -> list[str]:
+        subs = {"run_dir": str(run_dir.resolve()), "config": str((run_dir / "run.json").resolve()), "python": sys.executable,
+                "name": run.name}
+        return [p.format(**subs) for p in parts]
+    return command
+
+
+def run_sweep(args) -> int:
+    from cart.experiments.orchestrator import install_signal_handlers, print_commands, run_workers
+    from cart.experiments.plans import PlanError, expand
+
+    study, store, plan, stages = _open(args, create=True)
+    names = [s.name for s in stages]
+    try:
+        if args.retry_failed:
+            n = store.retry_failed(names)
+            print(f"cart sweep: {n} failed run(s) get a fresh set of retries")
+        expand(plan, store, stages)
+        if args.print_commands:
+            for line in print_commands(study, store.runs(names, status="pending"), store, _command(args.command)):
+                print(line)
+            return 0
+        before = store.counts(names)
+    finally:
+        store.close()
+    if before["pending"] == 0 and before["running"] == 0 and all(_expanded(study, s) for s in names):
+        print(f"cart sweep: nothing to do: {before['done']} done, {before['failed']} failed in {', '.join(names)}")
+        return 0 if before["failed"] == 0 else 1
+    print(f"cart sweep: {plan.tier} tier, stages {', '.join(names)}: {before['pending']} pending, {before['done']} done, "
+          f"{before['running']} running elsewhere, {before['failed']} failed; {args.workers} worker(s)", flush=True)
+
+    reported: set[str] = set()
+
+    def refill(s) -> int:
+        try:
+            return expand(plan, s, stages)
+        except PlanError as e:  # e.g. a derived stage whose inputs all failed: say so once, keep running the rest
+            if str(e) not in reported:
+                reported.add(str(e))
+                print(f"cart sweep: cannot plan a stage yet: {e}", file=sys.stderr, flush=True)
+            return 0
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    log = None if args.quiet else (lambda msg: print(time.strftime("%H:%M:%S ") + msg, flush=True))
+    devices = args.devices.split(",") if args.devices else _auto_devices(args.workers)
+    t0 = time.time()
+    done = run_workers(study, args.workers, devices=devices, threads=args.threads, stop=stop, command=_command(args.command),
+                       lease_s=args.lease, heartbeat_s=args.heartbeat, stages=names, refill=refill, log=log)
+    from cart.experiments.store import Store
+    with Store(study) as s:
+        after = s.counts(names)
+        failed = s.runs(names, status="failed")
+    print(f"cart sweep: {done} run(s) finished here in {(time.time() - t0) / 60:.1f} min; now {after['done']} done, "
+          f"{after['pending']} pending, {after['running']} running, {after['failed']} failed")
+    for r in failed:
+        print(f"  FAILED {r.name} after {r.failures} failure(s): {(r.error or '').splitlines()[0] if r.error else ''}")
+    unplanned = [n for n in names if not _expanded(study, n)]
+    if unplanned and not stop.is_set():
+        print(f"cart sweep: not planned: {', '.join(unplanned)} (see the messages above)")
+        return 1
+    if stop.is_set():
+        return 130
+    return 1 if after["failed"] else 0
+
+
+def _expanded(study: Path, stage: str) -> bool:
+    from cart.experiments.store import Store
+    with Store(study) as s:
+        return s.stage_expanded(stage) is not None
+
+
+def _auto_devices(workers: int) -> list[str] | None:
+    try:
+        import torch
+        n = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return None
+    return [str(i) for i in range(n)] if n and workers > 1 else None
+
+
+def run_status(args) -> int:
+    study, store, plan, stages = _open(args, create=False)
+    try:
+        now = time.time()
+        out = {"study": str(study), "tier": plan.tier, "stages": {}}
+        for st in stages:
+            exp = store.stage_expanded(st.name)
+            members = store.members(st.name)
+            c = {k: 0 for k in ("pending", "running", "done", "failed")}
+            for m in members:
+                c[m["status"]] += 1
+            out["stages"][st.name] = {"planned": exp is not None, "runs": len(members), **c}
+        running = [r for r in store.runs([s.name for s in stages], status="running")]
+        failed = store.runs([s.name for s in stages], status="failed")
+        if args.json:
+            out["running"] = [{"run": r.name, "worker": r.worker, "attempt": r.attempts,
+                               "heartbeat_age_s": now - (r.heartbeat_at or now)} for r in running]
+            out["failed"] = [{"run": r.name, "failures": r.failures, "error": r.error} for r in failed]
+            print(json.dumps(out, indent=2))
+            return 0
+        print(f"study {study} ({plan.tier} tier)")
+        w = max(len(n) for n in out["stages"])
+        for name, s in out["stages"].items():
+            if not s["planned"]:
+                print(f"  {name:<{w}}  not planned yet" + (" (waits for " + ", ".join(plan.stages[name].after) + ")" if plan.stages[name].after else ""))
+                continue
+            bar = _bar(s["done"], s["runs"])
+            print(f"  {name:<{w}}  {bar} {s['done']:>3}/{s['runs']:<3} done  {s['running']} running  {s['pending']} pending  {s['failed']} failed")
+        eta = _eta(store, [s.name for s in stages])
+        if eta:
+            print("  " + eta)
+        for r in running:
+            age = now - (r.heartbeat_at or now)
+            stale = "  (lease expired: will be taken back)" if r.lease_until and r.lease_until < now else ""
+            print(f"  running {r.name} on {r.worker}, attempt {r.attempts}, heartbeat {age:.0f}s ago{stale}")
+        for r in failed:
+            print(f"  FAILED  {r.name} ({r.failures} failures): {(r.error or '').splitlines()[0] if r.error else ''}")
+        return 0
+    finally:
+        store.close()
+
+
+def _eta(store, names: list[str]) -> str | None:
+    """Remaining work at the pace of the finished runs (seconds per training FLOP, so big runs count more)."""
+    from cart.experiments.plans import run_cost
+
+    rates = []
+    for r in store.runs(names, status="done"):
+        if r.kind != "train":
+            continue
+        att = [a for a in store.attempts(r.id) if a["outcome"] == "done" and a["ended_at"]]
+        cost = run_cost(r.spec)
+        if att and cost:
+            rates.append((att[-1]["ended_at"] - att[-1]["started_at"]) / cost)
+    todo = [r for r in store.runs(names) if r.status in ("pending", "running") and r.kind == "train"]
+    if not rates or not todo:
+        return None
+    rate = sorted(rates)[len(rates) // 2]  # median: robust to a run that waited on a busy machine
+    left = sum(run_cost(r.spec) for r in todo) * rate
+    workers = max(1, len({r.worker for r in store.runs(names, status="running")}))
+    return (f"remaining planned training: ~{left / 60:.0f} worker-min (~{left / 60 / workers:.0f} min with {workers} worker(s)) "
+            f"at the median pace of {len(rates)} finished runs; stages not planned yet are not counted")
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    k = 0 if total == 0 else round(width * done / total)
+    return "[" + "#" * k + "." * (width - k) + "]"
+
+
+def run_export(args) -> int:
+    study, store, plan, stages = _open(args, create=False)
+    try:
+        out = Path(args.out) if args.out else study / f"results.{args.format}"
+        store.export(out, args.format, [s.name for s in stages])
+        print(f"wrote {out}")
+        if args.metrics:
+            store.export_metrics(args.metrics, [s.name for s in stages])
+            print(f"wrote {args.metrics}")
+        return 0
+    finally:
+        store.close()
+
+
+def run_print_commands(args) -> int:
+    from cart.experiments.orchestrator import print_commands
+    from cart.experiments.plans import expand
+
+    study, store, plan, stages = _open(args, create=True)
+    try:
+        expand(plan, store, stages)
+        lines = print_commands(study, store.runs([s.name for s in stages], status="pending"), store)
+        for line in lines:
+            print(line)
+        waiting = [s.name for s in stages if store.stage_expanded(s.name) is None]
+        if waiting:
+            print(f"# not planned yet (derived from unfinished stages): {', '.join(waiting)}; after running the above, "
+                  f"`cart sweep collect {args.plan} --study {study}` then print-commands again", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
+def run_collect(args) -> int:
+    from cart.experiments.orchestrator import collect
+
+    study, store, plan, stages = _open(args, create=False)
+    try:
+        n = collect(study, store, [s.name for s in stages])
+        print(f"recorded {n} externally finished run(s)")
+        return 0
+    finally:
+        store.close()

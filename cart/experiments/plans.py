@@ -1,0 +1,493 @@
+"""Plans: the paper's experiment as data (`cart/presets/plans/<tier>.toml`), expanded into runs.
+
+A plan file holds one tier: study-wide defaults (`train_preset`, `[model]`, `[train]`, the
+selection `metric`) and an ordered table of stages. Stage kinds:
+
+- `grid`     the Cartesian product of model fields x seeds (Stage 1). With `derive`, the P and R
+             values come from another stage's results by a rule (Stage 2 as the paper intended):
+             best P = the P that wins at most widths; R* = the best R at that P (most widths);
+             R set = R* + r_offsets. The choice and its evidence are stored with the stage.
+- `parity`   per width, a reference CART config and the dense baselines whose stored parameter
+             count is nearest CART's stored and effective counts (`cart.accounting.parity`), plus
+             any `extra_depths` (the paper's hand-picked 12 layers at d=1024).
+- `variants` a base config and named variants (model and/or recipe overrides, or the homogeneous
+             control), optionally at several widths: ablations, fidelity, training-time variable R.
+- `vary_r`   evaluate trained models at many loop counts: the best model of a stage at its
+             largest width, and every member of the listed stages.
+
+A run is identified by the hash of its spec (model config with every default filled in, the
+resolved training recipe, seed), so stages that name the same configuration share one run.
+Nothing here runs anything: `expand` inserts runs into the store, the orchestrator runs them.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cart.accounting import account, parity
+from cart.config import CARTConfig, DenseConfig, config_from_dict, config_to_dict, homogeneous_control
+from cart.experiments.store import RunRequest, Store
+
+PLAN_DIR = Path(__file__).resolve().parent.parent / "presets" / "plans"
+STAGE_KINDS = ("grid", "parity", "variants", "vary_r")
+# model fields whose non-default value shows up in a run's name
+_FLAG_NAMES = {"fidelity": {"paper": "paperfid"}, "freeze_kv": {False: "unfrozenkv"}, "share_core": {False: "unshared"},
+               "core_attention": {"self": "selfattn"}, "hyper_connections": {False: "nohyper"},
+               "lti_gate": {False: "nogate"}, "loop_embedding": {False: "nolie"}}
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    index: int
+    title: str
+    raw: dict
+    seeds: list[int]
+    train: dict  # recipe overrides for this stage (plan [train] merged in)
+    model: dict  # model fields for this stage (plan [model] merged in)
+
+    @property
+    def after(self) -> list[str]:
+        """Stages whose results this one needs before it can be expanded."""
+        deps = []
+        if self.kind == "grid" and "derive" in self.raw:
+            deps.append(self.raw["derive"]["from"])
+        if self.kind == "vary_r":
+            if "best_of" in self.raw:
+                deps.append(self.raw["best_of"])
+            deps += list(self.raw.get("also", []))
+        return deps
+
+
+@dataclass
+class Plan:
+    tier: str
+    source: str
+    description: str
+    metric: str
+    train_preset: str | None
+    max_failures: int
+    stages: dict[str, Stage] = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    def select(self, names: str | list[str]) -> list[Stage]:
+        """'all', a stage name, or a comma-separated list."""
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        if names == ["all"]:
+            return list(self.stages.values())
+        unknown = [n for n in names if n not in self.stages]
+        if unknown:
+            raise PlanError(f"{self.source}: no stage(s) {unknown}; stages are {list(self.stages)} (or 'all')")
+        return [self.stages[n] for n in names]
+
+
+def plan_path(tier: str) -> Path:
+    """A tier name (cart/presets/plans/<tier>.toml) or a path to a plan file."""
+    p = Path(tier)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise PlanError(f"plan file not found: {p}")
+        return p
+    path = PLAN_DIR / f"{tier}.toml"
+    if not path.is_file():
+        known = sorted(x.stem for x in PLAN_DIR.glob("*.toml"))
+        raise PlanError(f"unknown tier {tier!r}: no {path} (tiers: {known}; or pass a plan .toml file)")
+    return path
+
+
+def load_plan(tier: str) -> Plan:
+    path = plan_path(tier)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise PlanError(f"{path}: {e}") from e
+    return parse_plan(raw, str(path))
+
+
+def parse_plan(raw: dict, source: str = "plan") -> Plan:
+    known = {"tier", "description", "metric", "train_preset", "max_failures", "model", "train", "stage"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise PlanError(f"{source}: unknown top-level key(s) {unknown}; known: {sorted(known)}")
+    for k in ("tier", "metric"):
+        if k not in raw:
+            raise PlanError(f"{source}: missing {k!r}")
+    plan = Plan(tier=raw["tier"], source=source, description=raw.get("description", ""), metric=raw["metric"],
+                train_preset=raw.get("train_preset"), max_failures=int(raw.get("max_failures", 3)), raw=raw)
+    stages = raw.get("stage") or {}
+    if not stages:
+        raise PlanError(f"{source}: no [stage.*] tables")
+    for i, (name, st) in enumerate(stages.items()):
+        plan.stages[name] = _parse_stage(plan, name, i, st, raw, source)
+    for st in plan.stages.values():
+        for dep in st.after:
+            if dep not in plan.stages:
+                raise PlanError(f"{source}: stage {st.name!r} needs stage {dep!r}, which the plan does not define")
+            if plan.stages[dep].index >= st.index:
+                raise PlanError(f"{source}: stage {st.name!r} needs {dep!r}, which must come before it in the file")
+    return plan
+
+
+def _parse_stage(plan: Plan, name: str, index: int, st: dict, raw: dict, source: str) -> Stage:
+    where = f"{source}: stage {name!r}"
+    kind = st.get("kind")
+    if kind not in STAGE_KINDS:
+        raise PlanError(f"{where}: kind must be one of {STAGE_KINDS}, got {kind!r}")
+    allowed = {"kind", "title", "seeds", "train", "model"} | {
+        "grid": {"grid", "derive"}, "parity": {"widths", "reference", "targets", "extra_depths"},
+        "variants": {"base", "widths", "variants"}, "vary_r": {"loops", "best_of", "also", "args"}}[kind]
+    bad = sorted(set(st) - allowed)
+    if bad:
+        raise PlanError(f"{where}: unknown key(s) {bad} for a {kind} stage; allowed: {sorted(allowed)}")
+    train = st.get("train", {})
+    if isinstance(train, str):  # "same recipe as stage X"
+        other = (raw.get("stage") or {}).get(train)
+        if other is None or not isinstance(other.get("train", {}), dict):
+            raise PlanError(f"{where}: train = {train!r} must name an earlier stage with a [train] table")
+        train = other.get("train", {})
+    stage = Stage(name=name, kind=kind, index=index, title=st.get("title", name), raw=st,
+                  seeds=[int(s) for s in st.get("seeds", [42])],
+                  train={**(raw.get("train") or {}), **train}, model={**(raw.get("model") or {}), **st.get("model", {})})
+    if kind == "grid":
+        grid = st.get("grid") or {}
+        if not all(isinstance(v, list) and v for v in grid.values()):
+            raise PlanError(f"{where}: every grid entry must be a non-empty list")
+        if "derive" in st:
+            d = st["derive"]
+            if "from" not in d:
+                raise PlanError(f"{where}: derive needs 'from'")
+            bad = sorted(set(d) - {"from", "r_offsets", "p", "widths"})
+            if bad:
+                raise PlanError(f"{where}: unknown derive key(s) {bad}")
+    elif kind == "parity":
+        if not st.get("widths") or "reference" not in st:
+            raise PlanError(f"{where}: a parity stage needs widths and a reference CART config")
+        for t in st.get("targets", ["stored", "effective"]):
+            if t not in ("stored", "effective"):
+                raise PlanError(f"{where}: targets must be 'stored' and/or 'effective', got {t!r}")
+    elif kind == "variants":
+        if not st.get("variants"):
+            raise PlanError(f"{where}: a variants stage needs [variants]")
+        for vname, v in st["variants"].items():
+            bad = sorted(set(v) - {"model", "train", "control", "title"})
+            if bad:
+                raise PlanError(f"{where}: variant {vname!r}: unknown key(s) {bad}")
+            if v.get("control") not in (None, "shared", "unshared"):
+                raise PlanError(f"{where}: variant {vname!r}: control must be 'shared' or 'unshared'")
+    elif kind == "vary_r":
+        if not st.get("loops"):
+            raise PlanError(f"{where}: a vary_r stage needs loops")
+        if "best_of" not in st and not st.get("also"):
+            raise PlanError(f"{where}: a vary_r stage needs best_of and/or also")
+    # validate every model config the stage could build now (derived ones are validated on expansion)
+    try:
+        config_from_dict({**stage.model}, source=where)
+    except (ValueError, TypeError) as e:
+        raise PlanError(str(e)) from e
+    return stage
+
+
+# ---------------------------------------------------------------------- run requests
+def resolve_recipe(plan: Plan, overrides: dict, model: dict | None = None, source: str = "plan") -> dict:
+    """The full training recipe (every TrainConfig field but model/out_dir/seed) for these overrides:
+    the plan's `train_preset` (if any) updated by them, validated together with the run's model."""
+    overrides = {k: v for k, v in overrides.items() if k not in ("model", "out_dir", "seed")}
+    try:
+        from cart.train import TrainConfig  # noqa: PLC0415 - planning works without the trainer installed
+    except ImportError:
+        return {"preset": plan.train_preset, **overrides}
+    try:
+        if plan.train_preset:
+            cfg = TrainConfig.from_preset(plan.train_preset, **overrides, **({"model": model} if model else {}))
+        else:
+            cfg = TrainConfig.from_dict({**overrides, **({"model": model} if model else {})}, source=source)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise PlanError(f"{source}: {e}") from e
+    d = cfg.to_dict()
+    for k in ("model", "out_dir", "seed", "resume"):
+        d.pop(k, None)
+    return d
+
+
+def _model_dict(fields: dict, source: str) -> dict:
+    return config_to_dict(config_from_dict(dict(fields), source=source))
+
+
+def model_tags(model: dict) -> dict:
+    cfg = config_from_dict(model)
+    if isinstance(cfg, CARTConfig):
+        t = {"arch": "cart", "d": cfg.d_model, "P": cfg.n_prelude, "R": cfg.n_loops}
+    else:
+        t = {"arch": "dense" if cfg.attention == "mha" else "homogeneous", "d": cfg.d_model, "layers": cfg.n_layers,
+             "shared": cfg.share_layers}
+    acc = account(cfg)
+    t.update(stored=acc.stored, effective=acc.effective)
+    return t
+
+
+def run_name(stage: str, model: dict, seed: int | None) -> str:
+    cfg = config_from_dict(model)
+    if isinstance(cfg, CARTConfig):
+        parts = [f"cart-d{cfg.d_model}-P{cfg.n_prelude}-R{cfg.n_loops}"]
+        parts += [_FLAG_NAMES[f][getattr(cfg, f)] for f in _FLAG_NAMES if getattr(cfg, f) in _FLAG_NAMES[f]]
+    else:
+        kind = "dense" if cfg.attention == "mha" else "homog"
+        parts = [f"{kind}-d{cfg.d_model}-L{cfg.n_layers}"] + (["shared"] if cfg.share_layers else [])
+    return "-".join([stage, *parts] + ([f"s{seed}"] if seed is not None else []))
+
+
+def _cost(model: dict, train: dict) -> float:
+    """Relative training cost, to start the longest runs of a stage first (shorter tail)."""
+    cfg = config_from_dict(model)
+    seq = int(train.get("seq_len") or cfg.max_seq_len)
+    tokens = float(train.get("steps") or 1) * float(train.get("batch_size") or 1) * float(train.get("grad_accum") or 1) * seq
+    return account(cfg, seq_len=seq).train_flops_per_token * tokens
+
+
+def run_cost(spec: dict) -> float:
+    """Training FLOPs of a run spec (0 for evaluations)."""
+    if spec.get("kind") != "train":
+        return 0.0
+    return _cost(spec["model"], spec["train"])
+
+
+def train_request(plan: Plan, stage: Stage, model: dict, seed: int, train: dict | None = None) -> RunRequest:
+    model = _model_dict(model, f"{plan.source}: stage {stage.name!r}")
+    recipe = resolve_recipe(plan, {**stage.train, **(train or {})}, model, f"{plan.source}: stage {stage.name!r}")
+    spec = {"kind": "train", "model": model, "train": recipe, "seed": int(seed)}
+    return RunRequest(name=run_name(stage.name, model, seed), kind="train", spec=spec, tier=plan.tier, seed=int(seed),
+                      max_failures=plan.max_failures)
+
+
+def _prioritise(stage: Stage, members: list[tuple[str, dict, RunRequest]]) -> None:
+    costs = sorted({id(r): _cost(r.spec["model"], r.spec["train"]) for _, _, r in members if r.kind == "train"}.items(),
+                   key=lambda kv: -kv[1])
+    rank = {k: i for i, (k, _) in enumerate(costs)}
+    for _, _, r in members:
+        r.priority = stage.index * 1_000_000 + rank.get(id(r), 0)
+
+
+# ---------------------------------------------------------------------- selection helpers
+def metric_value(finals: dict[str, float], metric: str) -> float | None:
+    """The selection metric of a run: perplexity on the named validation set (or a finals key)."""
+    for k in (f"ppl.{metric}", metric):
+        v = finals.get(k)
+        if v is not None and math.isfinite(v):
+            return v
+    return None
+
+
+def stage_cells(store: Store, stage: str, metric: str) -> dict[tuple, list[float]]:
+    """(d, P, R) -> metric values over seeds, for the finished CART members of a stage."""
+    members = [m for m in store.members(stage) if m["status"] == "done"]
+    finals = store.finals(m["run_id"] for m in members)
+    cells: dict[tuple, list[float]] = {}
+    for m in members:
+        t = m["tags"]
+        if t.get("arch") != "cart":
+            continue
+        v = metric_value(finals.get(m["run_id"], {}), metric)
+        if v is not None:
+            cells.setdefault((t["d"], t["P"], t["R"]), []).append(v)
+    return cells
+
+
+def _mode(values: list[int]) -> int:
+    """Most common value; ties go to the larger (the paper's preference for depth)."""
+    c = Counter(values)
+    top = max(c.values())
+    return max(v for v in c if c[v] == top)
+
+
+def derive_stage2(cells: dict[tuple, list[float]], r_offsets: list[int], p_rule: Any = "best") -> dict:
+    """Stage 2's P and R set from Stage 1 cells (d, P, R) -> values. Returns the choice and its evidence."""
+    mean = {k: sum(v) / len(v) for k, v in cells.items()}
+    widths = sorted({d for d, _, _ in mean})
+    if not widths:
+        raise PlanError("cannot derive: the source stage has no finished CART runs")
+    best_p = {}
+    for d in widths:
+        at = {k: v for k, v in mean.items() if k[0] == d}
+        best_p[d] = min(at, key=at.get)[1]
+    P = _mode(list(best_p.values())) if p_rule == "best" else int(p_rule)
+    best_r = {}
+    for d in widths:
+        at = {k: v for k, v in mean.items() if k[0] == d and k[1] == P}
+        if at:
+            best_r[d] = min(at, key=at.get)[2]
+    if not best_r:
+        raise PlanError(f"cannot derive: no finished runs at P={P}")
+    R = _mode(list(best_r.values()))
+    r_set = sorted({R + o for o in r_offsets if R + o >= 1})
+    return {"rule": f"P = the P of the best cell at most widths (ties: larger); R* = the best R at that P at most widths; "
+                    f"R set = R* + {list(r_offsets)}",
+            "best_cell_P_per_width": {str(d): p for d, p in best_p.items()},
+            "best_R_at_P_per_width": {str(d): r for d, r in best_r.items()},
+            "P": P, "R_star": R, "R_set": r_set}
+
+
+def best_run(store: Store, stage: str, metric: str, width: str | int = "max") -> dict | None:
+    """The finished CART member of a stage with the lowest metric at the given (default: largest) width."""
+    members = [m for m in store.members(stage) if m["status"] == "done" and m["tags"].get("arch") == "cart"]
+    finals = store.finals(m["run_id"] for m in members)
+    scored = [(metric_value(finals.get(m["run_id"], {}), metric), m) for m in members]
+    scored = [(v, m) for v, m in scored if v is not None]
+    if not scored:
+        return None
+    d = max(m["tags"]["d"] for _, m in scored) if width == "max" else int(width)
+    at = [(v, m) for v, m in scored if m["tags"]["d"] == d]
+    return min(at, key=lambda vm: vm[0])[1] if at else None
+
+
+# ---------------------------------------------------------------------- expansion
+def stage_ready(store: Store, stage: Stage) -> tuple[bool, str]:
+    for dep in stage.after:
+        if store.stage_expanded(dep) is None:
+            return False, f"stage {dep!r} has not been planned in this study"
+        c = Counter(m["status"] for m in store.members(dep))
+        if c["pending"] or c["running"]:
+            return False, f"stage {dep!r} has {c['pending'] + c['running']} unfinished runs"
+    return True, ""
+
+
+def build_stage(plan: Plan, stage: Stage, store: Store) -> tuple[list[tuple[str, dict, RunRequest]], dict | None]:
+    """The stage's members (label, tags, request) and, for derived stages, what was derived."""
+    members: list[tuple[str, dict, RunRequest]] = []
+    derivation = None
+    st = stage.raw
+    src = f"{plan.source}: stage {stage.name!r}"
+
+    def add(label: str, tags: dict, model: dict, seed: int, train: dict | None = None) -> None:
+        req = train_request(plan, stage, model, seed, train)
+        members.append((label, {**model_tags(req.spec["model"]), "seed": seed, **tags}, req))
+
+    if stage.kind == "grid":
+        grid = dict(st.get("grid") or {})
+        if "derive" in st:
+            d = st["derive"]
+            cells = stage_cells(store, d["from"], plan.metric)
+            derivation = derive_stage2(cells, list(d.get("r_offsets", [-2, 0, 2])), d.get("p", "best"))
+            derivation["from"] = d["from"]
+            derivation["metric"] = plan.metric
+            grid["n_prelude"] = [derivation["P"]]
+            grid["n_loops"] = derivation["R_set"]
+            if "d_model" not in grid:
+                grid["d_model"] = d.get("widths") or sorted({k[0] for k in cells})
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            fields = {**stage.model, **dict(zip(keys, values))}
+            for seed in stage.seeds:
+                m = _model_dict(fields, src)
+                add(f"{run_name('', m, seed).lstrip('-')}", {}, m, seed)
+    elif stage.kind == "parity":
+        targets = st.get("targets", ["stored", "effective"])
+        extra = {int(k): v for k, v in (st.get("extra_depths") or {}).items()}
+        for d in st["widths"]:
+            ref = config_from_dict({**stage.model, **st["reference"], "d_model": d}, source=src)
+            assert isinstance(ref, CARTConfig)
+            depths: list[tuple[str, int, dict]] = []
+            for t in targets:
+                pm = parity(ref, t)
+                depths.append((t, pm.n_layers, {"target": t, "target_params": pm.target_params, "rel_error": pm.rel_error}))
+            for n in extra.get(d, []):
+                depths.append(("extra", n, {"target": "extra"}))
+            dense_base = {k: v for k, v in stage.model.items() if k in {f for f in DenseConfig.__dataclass_fields__}}
+            for seed in stage.seeds:
+                add(f"cart-d{d}-s{seed}", {"role": "reference"}, config_to_dict(ref), seed)
+                for t, n, tags in depths:
+                    dense = {**dense_base, "kind": "dense", "d_model": d, "n_layers": n, "attention": "mha"}
+                    label = f"dense-{t}-d{d}-L{n}-s{seed}"
+                    add(label, {"role": "dense", **tags}, dense, seed)
+    elif stage.kind == "variants":
+        base = {**stage.model, **(st.get("base") or {})}
+        widths = st.get("widths") or [base.get("d_model")]
+        for d in widths:
+            for vname, v in st["variants"].items():
+                fields = {**base, **(v.get("model") or {})}
+                if d is not None:
+                    fields["d_model"] = d
+                cfg = config_from_dict(fields, source=f"{src} variant {vname!r}")
+                if v.get("control"):
+                    if not isinstance(cfg, CARTConfig):
+                        raise PlanError(f"{src}: variant {vname!r}: control needs a CART base config")
+                    cfg = homogeneous_control(cfg, share_layers=v["control"] == "shared")
+                for seed in stage.seeds:
+                    label = f"{vname}-d{cfg.d_model}-s{seed}"
+                    add(label, {"variant": vname, "title": v.get("title", vname)}, config_to_dict(cfg), seed, v.get("train"))
+    elif stage.kind == "vary_r":
+        sources: list[tuple[str, dict]] = []
+        derivation = {"metric": plan.metric}
+        if "best_of" in st:
+            m = best_run(store, st["best_of"], plan.metric)
+            if m is None:
+                raise PlanError(f"{src}: stage {st['best_of']!r} has no finished CART run to evaluate")
+            sources.append((st["best_of"], m))
+            derivation["best"] = {"stage": st["best_of"], "label": m["label"], "run": m["name"]}
+        for other in st.get("also", []):
+            sources += [(other, m) for m in store.members(other) if m["status"] == "done"]
+        seen = set()
+        for sname, m in sources:
+            run = store.run(m["run_id"])
+            if run.key in seen:
+                continue
+            seen.add(run.key)
+            cfg = config_from_dict(run.spec["model"])
+            if isinstance(cfg, CARTConfig) and not cfg.share_core:
+                continue  # R distinct cores: only the trained R exists
+            spec = {"kind": "eval", "eval": "vary_r", "of": run.key, "loops": [int(r) for r in st["loops"]],
+                    "args": dict(st.get("args") or {})}
+            req = RunRequest(name=f"{stage.name}-{run.name}", kind="eval", spec=spec, tier=plan.tier, seed=run.seed,
+                             max_failures=plan.max_failures)
+            tags = {**m["tags"], "source_stage": sname, "source_label": m["label"], "source_run": run.name,
+                    "best": sname == st.get("best_of") and m is sources[0][1]}
+            members.append((f"{sname}:{m['label']}", tags, req))
+    _prioritise(stage, members)
+    labels = [label for label, _, _ in members]
+    dup = [label for label, n in Counter(labels).items() if n > 1]
+    if dup:
+        raise PlanError(f"{src}: duplicate member labels {dup}")
+    return members, derivation
+
+
+def expand(plan: Plan, store: Store, stages: list[Stage] | None = None) -> int:
+    """Plan every stage in scope that is not yet planned and whose inputs are complete.
+
+    Idempotent and safe from several processes at once (the insert is one transaction that
+    checks the stage is still unplanned). Returns how many stages were newly planned."""
+    n = 0
+    for stage in stages if stages is not None else list(plan.stages.values()):
+        if store.stage_expanded(stage.name) is not None:
+            continue
+        ok, _ = stage_ready(store, stage)
+        if not ok:
+            continue
+        members, derivation = build_stage(plan, stage, store)
+        definition = {"kind": stage.kind, "title": stage.title, "raw": stage.raw, "metric": plan.metric, "tier": plan.tier}
+        if store.add_stage(stage.name, definition, derivation, members):
+            n += 1
+    return n
+
+
+def check_scope(plan: Plan, store: Store, stages: list[Stage]) -> None:
+    """A derived stage run on its own needs its inputs planned in this study (or in the same scope)."""
+    names = {s.name for s in stages}
+    for st in stages:
+        for dep in st.after:
+            if dep not in names and store.stage_expanded(dep) is None:
+                raise PlanError(f"stage {st.name!r} is derived from stage {dep!r}, which this study has not run: "
+                                f"run `cart sweep run {dep} ...` first, or include it (e.g. `all`)")
+
+
+__all__ = ["Plan", "Stage", "PlanError", "load_plan", "parse_plan", "plan_path", "expand", "build_stage", "check_scope",
+           "stage_ready", "run_cost", "derive_stage2", "best_run", "stage_cells", "metric_value", "model_tags", "run_name", "PLAN_DIR"]

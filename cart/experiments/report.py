@@ -1,0 +1,563 @@
+"""`cart report <study>`: a Markdown report with PNG figures (matplotlib, Agg) and the exported results.
+
+Sections follow the paper: the findings checklist, Stage 1 (ppl vs R per width and P, P vs R
+dominance), Stage 2 (seed means, the rank reversal, Spearman), parity gaps at stored and
+effective parity per width, the gap decomposition, ablations, the homogeneous control, paper vs
+stable fidelity, rho and the measured contraction over training, variable R, throughput and MFU,
+and the study's bookkeeping (attempts, failures, code versions). In the `paper` tier the
+published number stands beside ours in every table that has one (SPEC §4).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from cart.experiments import analysis as A
+from cart.experiments import published as PUB
+from cart.experiments.store import Store
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{100 * v:+.{digits}f} %"
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _set_head(study, s: str) -> str:
+    return f"ppl {s}" + (" (ood)" if s in study.ood_sets() else "")
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
+
+
+def table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(lines)
+
+
+class Figures:
+    def __init__(self, out: Path):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        self.plt = plt
+        self.dir = out / "figures"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.made: list[str] = []
+
+    def save(self, fig, name: str) -> str:
+        path = self.dir / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        self.plt.close(fig)
+        self.made.append(str(path))
+        return f"figures/{name}.png"
+
+
+# ---------------------------------------------------------------------- sections
+def _stage1(study: A.Study, figs: Figures, paper: bool) -> list[str]:
+    s1 = A.stage1(study)
+    if not s1:
+        return []
+    m = study.metric
+    out = ["## Stage 1: the screen", "",
+           f"Single seed, every (d, P, R) cell; ppl on `{m}` (the selection metric). Lower is better.", ""]
+    head = ["d", "P"] + [f"R={r}" for r in s1["Rs"]]
+    rows = []
+    for d in s1["widths"]:
+        for p in s1["Ps"]:
+            cells = [s1["cells"].get((d, p, r)) for r in s1["Rs"]]
+            best = s1["best"][d]
+            rows.append([d, p] + [("**" + _fmt(c.mean) + "**" if c and (p, r) == (best["P"], best["R"]) else _fmt(c.mean if c else None))
+                                  for c, r in zip(cells, s1["Rs"])])
+    out += [table(head, rows), ""]
+    sets = study.valsets()
+    head = ["d", "best P", "best R"] + [_set_head(study, s) for s in sets] + ["ρ"]
+    if paper:
+        head += ["paper (R, wiki / tiny / edu / ρ)"]
+    rows = []
+    for d in s1["widths"]:
+        b = s1["best"][d]
+        row = [d, b["P"], b["R"]] + [_fmt(b["finals"].get(f"ppl.{s}")) for s in sets] + [_fmt(b["finals"].get("rho_gate"), 4)]
+        if paper:
+            p = PUB.STAGE1_BEST.get(d)
+            row.append("—" if p is None else f"R{p[0]}: {p[1]} / {p[2]} / {p[3]} / {p[4]}")
+        rows.append(row)
+    out += ["Best cell per width:", "", table(head, rows), ""]
+    mono, total = s1["monotone_in_P"]
+    lb, _ = s1["largest_P_best"]
+    for d in s1["widths"]:
+        nz = study.relative_seed_noise(d)
+        if nz:
+            vals = [c.mean for (dd, _, _), c in s1["cells"].items() if dd == d]
+            spread = (max(vals) - min(vals)) / min(vals)
+            out.append(f"- Noise floor at d = {d}: the seed std of a Stage 2 cell is {100 * nz:.1f} % of its perplexity; the whole "
+                       f"Stage 1 grid at this width spans {100 * spread:.1f} %, so differences under ~{200 * nz:.0f} % between two "
+                       f"cells here are within seed noise.")
+    out += [f"- P dominance: ppl strictly decreases with P at {mono}/{total} (d, R) cells; the largest P ({s1['Pmax']}) "
+            f"is best at {lb}/{total}. Wins per P: " + ", ".join(f"P{p}: {n}" for p, n in sorted(s1["p_wins"].items()))
+            + ". (Paper: " + PUB.STAGE1_P_ORDER + ".)",
+            f"- Benefit of more loops at P = {s1['Pmax']} (R {s1['R_range'][0]} → {s1['R_range'][1]}, relative ppl drop): "
+            + ", ".join(f"d{d} {_pct(v, 2)}" for d, v in sorted(s1["loop_benefit"].items()))
+            + ". (Paper, P = 6, R 2 → 8: " + ", ".join(f"d{d} {_pct(v, 2)}" for d, v in PUB.STAGE1_LOOP_BENEFIT.items()) + ".)", ""]
+    plt = figs.plt
+    W = len(s1["widths"])
+    fig, axes = plt.subplots(1, W, figsize=(3.6 * W, 3.2), squeeze=False)
+    for ax, d in zip(axes[0], s1["widths"]):
+        for p in s1["Ps"]:
+            xs = [r for r in s1["Rs"] if (d, p, r) in s1["cells"]]
+            ax.plot(xs, [s1["cells"][(d, p, r)].mean for r in xs], marker="o", label=f"P={p}")
+        ax.set_title(f"d={d}")
+        ax.set_xlabel("R (loops)")
+        ax.set_xticks(s1["Rs"])
+        nz = study.relative_seed_noise(d)
+        if nz:
+            ax.set_title(f"d={d} (seed std ≈ {100 * nz:.1f} %)")
+    axes[0][0].set_ylabel(f"ppl {m}")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    out += [f"![ppl vs R per width and P]({figs.save(fig, 'stage1_ppl_vs_R')})", ""]
+    # dominance heatmap: ppl relative to the best cell of the width
+    fig, axes = plt.subplots(1, W, figsize=(3.2 * W, 3.0), squeeze=False)
+    for ax, d in zip(axes[0], s1["widths"]):
+        best = s1["best"][d]["value"]
+        grid = [[(s1["cells"][(d, p, r)].mean / best - 1) * 100 if (d, p, r) in s1["cells"] else float("nan")
+                 for r in s1["Rs"]] for p in s1["Ps"]]
+        im = ax.imshow(grid, cmap="viridis_r", origin="lower", aspect="auto")
+        ax.set_xticks(range(len(s1["Rs"])), [str(r) for r in s1["Rs"]])
+        ax.set_yticks(range(len(s1["Ps"])), [str(p) for p in s1["Ps"]])
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if math.isfinite(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w" if v > max(max(r) for r in grid) / 2 else "k")
+        ax.set_xlabel("R")
+        ax.set_ylabel("P")
+        ax.set_title(f"d={d}: % above best")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    out += [f"![P vs R dominance]({figs.save(fig, 'stage1_P_vs_R')})", ""]
+    return out
+
+
+def _stage2(study: A.Study, figs: Figures, paper: bool) -> list[str]:
+    s2 = A.stage2(study)
+    if not s2:
+        return []
+    m = study.metric
+    out = ["## Stage 2: the confirmation", ""]
+    der = s2.get("derivation")
+    if der and der.get("P") is not None:
+        out += [f"Derived from `{der.get('from')}` by the rule: {der['rule']}. "
+                "Best P per width: " + ", ".join(f"d{d} P{p}" for d, p in sorted(der["best_cell_P_per_width"].items(), key=lambda kv: int(kv[0])))
+                + f"; best R at P = {der['P']}: " + ", ".join(f"d{d} R{r}" for d, r in sorted(der["best_R_at_P_per_width"].items(), key=lambda kv: int(kv[0])))
+                + " "
+                f"→ P = {der['P']}, R ∈ {der['R_set']}.", ""]
+    head = ["d", "P", "R", f"ppl {m}: mean ± std over seeds", "vs best R of the width", "Stage 1 (seed 42)"]
+    if paper:
+        head.append("paper (3-seed mean)")
+    rows = []
+    for r in s2["rows"]:
+        vs = r.get("vs_best")
+        row = [r["d"], r["P"], r["R"], ("**" if r["best"] else "") + r["stat"].fmt() + ("**" if r["best"] else ""),
+               "best" if r["best"] else f"{_pct(vs['rel'], 2)} ({vs['verdict']})",
+               _fmt(r["s1"].mean if r["s1"] else None)]
+        if paper:
+            row.append(_fmt(PUB.STAGE2_MEAN.get((r["d"], r["R"]))))
+        rows.append(row)
+    out += [table(head, rows), ""]
+    if s2["best_R_stage1"]:
+        out += ["Rank reversal: best R per width in Stage 1 vs Stage 2 (cells present in both): "
+                + ", ".join(f"d{d}: {s2['best_R_stage1'][d]} → {s2['best_R'][d]}{' (flip)' if s2['flips'][d] else ''}"
+                            for d in sorted(s2["best_R_stage1"])) + ".", ""]
+    sp = s2["spearman"]
+    out += [f"Spearman(Stage 1, Stage 2) over the {s2['n_common']} shared (d, P, R) cells: "
+            + (f"**{sp:.3f}**" if sp is not None else "n/a (fewer than 3 shared cells)")
+            + f" (paper: {PUB.STAGE2_SPEARMAN} over 8). Across widths this mostly measures that wider is better; "
+              "within a width: " + ", ".join(f"d{d} {_fmt(v, 2)}" for d, v in s2["spearman_within_width"].items()) + ".", ""]
+    if s2["common"]:
+        plt = figs.plt
+        ws = [d for d in s2["widths"] if any(k[0] == d for k in s2["common"])]
+        fig, axes = plt.subplots(1, len(ws), figsize=(3.8 * len(ws), 3.2), squeeze=False)
+        for ax, d in zip(axes[0], ws):
+            ks = sorted((k for k in s2["common"] if k[0] == d), key=lambda k: k[2])
+            b1 = min(s2["stage1_cells"][k].mean for k in ks)
+            b2 = min(s2["cells"][k].mean for k in ks)
+            Rs = [k[2] for k in ks]
+            ax.plot(Rs, [100 * (s2["stage1_cells"][k].mean / b1 - 1) for k in ks], marker="s", label="Stage 1 (1 seed)")
+            ax.errorbar(Rs, [100 * (s2["cells"][k].mean / b2 - 1) for k in ks],
+                        yerr=[100 * (s2["cells"][k].std or 0) / b2 for k in ks], marker="o", capsize=3, label="Stage 2 (mean ± std)")
+            ax.set_xticks(Rs)
+            ax.set_xlabel(f"R (P = {ks[0][1]})")
+            ax.set_title(f"d={d}")
+        axes[0][0].set_ylabel(f"ppl {m}: % above the stage's best")
+        axes[0][-1].legend(fontsize=7)
+        out += [f"![rank reversal]({figs.save(fig, 'stage2_rank_reversal')})", ""]
+    return out
+
+
+def _parity(study: A.Study, figs: Figures, paper: bool) -> list[str]:
+    rows = A.parity_gaps(study)
+    if not rows:
+        return []
+    m = study.metric
+    out = ["## Parity: CART vs dense baselines at every width", "",
+           "Dense depth chosen by `cart.accounting.parity`: the depth whose stored parameters are nearest CART's stored "
+           "(stored parity) or effective (effective parity) count. Gap = (CART − dense) / dense; positive means dense is better.", ""]
+    head = ["d", "CART (P, R)", "CART stored / effective", "parity", "dense", "dense params", f"CART ppl {m}", f"dense ppl {m}",
+            "gap", "verdict"]
+    trs = []
+    for r in rows:
+        trs.append([r["d"], f"P{r['P']} R{r['R']}", f"{_params(r['cart_params'].get('stored'))} / {_params(r['cart_params'].get('effective'))}",
+                    r["target"], f"{r['layers']}L", _params(r["dense_params"]), r["cart"].fmt(), r["dense"].fmt(),
+                    _pct(r["gap"]["rel"]), r["gap"]["verdict"]])
+    out += [table(head, trs), ""]
+    if paper:
+        p = PUB.PARITY_1024
+        out += [f"Paper, d = 1024 (ppl_wiki, 3 seeds): CART {p['cart']}, dense 7L {p['dense_stored_7L']} "
+                f"({_pct(p['cart'] / p['dense_stored_7L'] - 1)}), dense 12L {p['dense_effective_12L']} "
+                f"({_pct(p['cart'] / p['dense_effective_12L'] - 1)}).", ""]
+    plt = figs.plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    order = {"stored": 0, "effective": 1}
+    targets = sorted({r["target"] for r in rows}, key=lambda t: (order.get(t, 2), t))
+    widths = sorted({r["d"] for r in rows})
+    wbar = 0.8 / max(1, len(targets))
+    for i, t in enumerate(targets):
+        rs = {r["d"]: r for r in rows if r["target"] == t}
+        xs = [j + i * wbar for j, d in enumerate(widths) if d in rs]
+        ys = [100 * rs[d]["gap"]["rel"] for d in widths if d in rs]
+        es = [100 * 2 * rs[d]["gap"]["se"] / rs[d]["dense"].mean if rs[d]["gap"]["se"] else 0 for d in widths if d in rs]
+        ax.bar(xs, ys, width=wbar, yerr=es, capsize=3, label=f"{t} parity")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks([j + wbar * (len(targets) - 1) / 2 for j in range(len(widths))], [f"d={d}" for d in widths])
+    ax.set_ylabel("CART ppl above dense (%)")
+    ax.set_title("parity gaps (error bars: 2 SE over seeds)")
+    ax.legend(fontsize=8)
+    out += [f"![parity gaps]({figs.save(fig, 'parity_gaps')})", ""]
+    return out
+
+
+def _decomposition(study: A.Study) -> list[str]:
+    g = A.gap_decomposition(study)
+    p = A.paper_gap_decomposition()
+    out = ["## Gap decomposition: weight sharing vs the framing", "",
+           "CART (shared core) → the same model with R unshared cores → dense at effective parity. Both parts are stated "
+           "with one denominator: as log-perplexity differences (nats; the parts add up to the total exactly) and as "
+           "perplexity differences divided by the dense model's perplexity.", ""]
+    head = ["", "CART", "unshared core", "dense (eff. parity)", "sharing part", "framing part", "sharing / framing share of the gap"]
+    rows = []
+    if g:
+        rows.append([f"ours (d{g['d']}, seeds {g['seeds']}, dense {g['dense_layers']}L)", _fmt(g["C"]), _fmt(g["U"]), _fmt(g["D"]),
+                     f"{g['log']['sharing']:+.4f} nats ({_pct(g['rel_to_dense']['sharing'])})",
+                     f"{g['log']['framing']:+.4f} nats ({_pct(g['rel_to_dense']['framing'])})",
+                     f"{100 * g['share']['sharing']:.0f} % / {100 * g['share']['framing']:.0f} %"])
+    rows.append(["paper (recomputed)", p["C"], p["U"], p["D"], f"{p['log']['sharing']:+.4f} nats ({_pct(p['rel_to_dense']['sharing'])})",
+                 f"{p['log']['framing']:+.4f} nats ({_pct(p['rel_to_dense']['framing'])})",
+                 f"{100 * p['share']['sharing']:.0f} % / {100 * p['share']['framing']:.0f} %"])
+    out += [table(head, rows), "",
+            f"The paper's \"~5 % + ~5 %\" divides each step by a different perplexity ({_pct(p['as_printed']['sharing'])} of CART, "
+            f"{_pct(p['as_printed']['framing'])} of the unshared model) and mixes a 3-seed mean (20.35, 18.32) with a "
+            "single seed (19.22); above, ours uses the same seeds for all three models." if g else
+            "Ours: not available (needs the ablation's `unshared_core` and `cart` variants and the effective-parity dense model at the same width and seed).", ""]
+    if g and g["log"]["total"] < 0:
+        out += ["Here CART is *better* than the dense model at effective parity, so there is no gap to split; the shares "
+                "above then say which step the advantage comes from.", ""]
+    return out
+
+
+def _ablations(study: A.Study, paper: bool) -> list[str]:
+    rows = A.ablations(study)
+    if not rows:
+        return []
+    sets = study.valsets()
+    base = next((r for r in rows if r["variant"] == "cart"), None)
+    t = base["members"][0].tags if base else {}
+    out = ["## Ablations", "", f"At d = {t.get('d')}, P = {t.get('P')}, R = {t.get('R')}, seeds "
+           f"{sorted({m.seed for r in rows for m in r['members']})}; Δ against the same-seed full model. Noise: "
+           + (rows[1]["vs_base"]["noise"] if len(rows) > 1 and "vs_base" in rows[1] else "—") + ".", ""]
+    head = ["variant", "stored", "effective"] + [_set_head(study, s) for s in sets] + [f"Δ {study.metric}", "verdict"]
+    if paper:
+        head.append("paper (ppl_wiki)")
+    trs = []
+    for r in rows:
+        vs = r.get("vs_base")
+        row = [r["title"], _params(r["stored"]), _params(r["effective"])]
+        row += [A.Stat([m.finals[f"ppl.{s}"] for m in r["members"] if f"ppl.{s}" in m.finals]).fmt() for s in sets]
+        row += ["—" if vs is None else _pct(vs["rel"], 2), "baseline" if vs is None else vs["verdict"]]
+        if paper:
+            pv = PUB.ABLATIONS.get(r["variant"], "—")
+            row.append("within seed noise" if pv is None else pv)
+        trs.append(row)
+    out += [table(head, trs), ""]
+    return out
+
+
+def _variants_section(study: A.Study, stage: str, title: str, intro: str) -> list[str]:
+    rows = A.variants(study, stage)
+    if not rows:
+        return []
+    sets = study.valsets()
+    out = [f"## {title}", "", intro, ""]
+    head = ["variant", "d", "arch", "stored", "effective"] + [_set_head(study, s) for s in sets] + ["ρ (final)", "n seeds"]
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["d"]), []).append(r)
+    trs = []
+    for (v, d), rs in groups.items():
+        ms = [r["member"] for r in rs]
+        trs.append([v, d, rs[0]["arch"], _params(rs[0]["stored"]), _params(rs[0]["effective"])]
+                   + [A.Stat([m.finals[f"ppl.{s}"] for m in ms if f"ppl.{s}" in m.finals]).fmt() for s in sets]
+                   + [A.Stat([m.finals["rho_gate"] for m in ms if m.finals.get("rho_gate") is not None]).fmt(4), len(ms)])
+    out += [table(head, trs), ""]
+    # pairwise verdicts against the first variant at each width
+    first = next(iter(dict.fromkeys(r["variant"] for r in rows)))
+    g = A.grouped(rows, ("variant", "d"))
+    lines = []
+    for (v, d), s in g.items():
+        if v == first or (first, d) not in g:
+            continue
+        base = g[(first, d)]
+        c = A.compare(s, base)
+        lines.append(f"- d{d}: {v} vs {first}: {_pct(c['rel'], 2)} on {study.metric} ({c['verdict']}).")
+    return out + lines + ([""] if lines else [])
+
+
+def _rho(study: A.Study, figs: Figures, paper: bool) -> list[str]:
+    stages = [s for s in ("stage2", "fidelity") if s in study.stages]
+    rows = []
+    for s in stages:
+        rows += [dict(r, stage=s) for r in A.rho_summary(study, s)]
+    rows = [r for r in rows if r["rho"] is not None]
+    s1 = [r for r in (A.rho_summary(study, "stage1") if "stage1" in study.stages else []) if r["rho"] is not None]
+    if not rows and not s1:
+        return []
+    out = ["## ρ and the measured contraction of the loop", "",
+           "ρ as published = max σ(a) of the gate vector, a property of one parameter. Beside it: what AdamW's decoupled "
+           "weight decay alone does to σ(a) from its 0.9 start under the run's own schedule (zero gradient; SPEC §6.4), and the "
+           "measured contraction of the loop, mean over loops of ‖h_{r+1} − h_r‖ / ‖h_r − h_{r−1}‖ at the last logged step (SPEC §6.3).", ""]
+    head = ["stage", "fidelity", "d", "P", "R", "seed", "ρ final", "decay alone", "contraction"]
+    seen = set()
+    trs = []
+    for r in rows:
+        k = r["member"].run_id
+        if k in seen:
+            continue
+        seen.add(k)
+        trs.append([r["stage"], r["fidelity"], r["d"], r["P"], r["R"], r["seed"], _fmt(r["rho"], 4), _fmt(r["decay_only"], 4),
+                    _fmt(r["contraction"], 3)])
+    out += [table(head, trs), ""]
+    if s1:
+        cs = [r["contraction"] for r in s1 if r["contraction"] is not None]
+        out += [f"Stage 1 ({len(s1)} runs): ρ {min(r['rho'] for r in s1):.4f}–{max(r['rho'] for r in s1):.4f}; decay alone "
+                f"{min(r['decay_only'] for r in s1 if r['decay_only'] is not None):.4f}; contraction "
+                + (f"{min(cs):.3f}–{max(cs):.3f}" if cs else "—") + ".", ""]
+    if paper:
+        out += [f"Paper: ρ at the end of Stage 2 in {PUB.RHO_STAGE2_RANGE}; d1024 R6 trajectory {PUB.RHO_TRAJECTORY_1024_R6}.", ""]
+    plt = figs.plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    plotted: set[int] = set()
+    first_seed = min((x["seed"] for x in rows if x["seed"] is not None), default=None)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r in rows:
+        mem = r["member"]
+        if r["stage"] not in ("stage2", "fidelity") or r["seed"] != first_seed or mem.run_id in plotted:
+            continue
+        plotted.add(mem.run_id)
+        style = {"color": colors[(len(plotted) - 1) % len(colors)], "lw": 1,
+                 "ls": "-" if r["fidelity"] == "paper" else "--", "label": f"d{r['d']} P{r['P']} R{r['R']} {r['fidelity']}"}
+        s = study.series(mem.run_id, "rho_gate")
+        if s:
+            axes[0].plot([a for a, _ in s], [b for _, b in s], **style)
+        c = study.contraction_series(mem.run_id)
+        if c:
+            axes[1].plot([a for a, _ in c], [b for _, b in c], **style)
+    ex = next((r for r in rows if r["decay_only"] is not None), None)
+    if ex is not None:
+        tr = ex["member"].spec["train"]
+        steps = int(tr["steps"])
+        xs = list(range(0, steps + 1, max(1, steps // 100)))
+        axes[0].plot(xs, [A.decay_only_rho(0.9, x, tr["lr"], tr["min_lr"], tr["warmup_steps"], tr["weight_decay"]) if x else 0.9
+                          for x in xs], "k--", lw=1.2, label="weight decay alone")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("ρ = max σ(a)")
+    axes[0].set_title(f"ρ over training (seed {first_seed})")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("mean per-loop contraction")
+    axes[1].set_title("measured contraction over training")
+    axes[1].axhline(1, color="k", lw=0.6, ls=":")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, ncol=2)
+    out += [f"![rho and contraction]({figs.save(fig, 'rho_contraction')})", ""]
+    return out
+
+
+def _vary_r(study: A.Study, figs: Figures, paper: bool) -> list[str]:
+    rows = A.vary_r(study)
+    if not rows:
+        return []
+    sets = study.valsets()
+    out = ["## Variable R at inference", "",
+           "Each model run at other loop counts without fine-tuning (`cart eval vary-r`).", ""]
+    for r in rows:
+        curve = r["curve"]
+        tag = " (best model of Stage 2)" if r["best"] else ""
+        out += [f"**{r['label']}**{tag}: trained at R = {r['trained_R']}", ""]
+        head = ["R"] + [_set_head(study, s) for s in sets] + ["contraction"]
+        trs = []
+        for R, c in curve.items():
+            label = f"**{R}**" if R == r["trained_R"] else (f"adaptive ({c['mean_loops']:.2f})" if c.get("mean_loops") else str(R))
+            trs.append([label] + [_fmt(c["ppl"].get(s)) for s in sets] + [_fmt(c.get("contraction"), 3)])
+        out += [table(head, trs), ""]
+    if paper:
+        out += ["Paper (d1024 trained at R = 6), LAMBADA acc % (ppl): "
+                + ", ".join(f"R{R} {a} ({p})" for R, (a, p) in PUB.VARY_R_LAMBADA.items()) + ".", ""]
+    plt = figs.plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for r in rows:
+        pts = sorted((R, c["ppl"].get(study.metric)) for R, c in r["curve"].items() if isinstance(R, int) and c["ppl"].get(study.metric))
+        if not pts:
+            continue
+        line, = ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=r["label"])
+        tr = dict(pts).get(r["trained_R"])
+        if tr is not None:
+            ax.plot([r["trained_R"]], [tr], marker="*", ms=14, color=line.get_color())
+    ax.set_xlabel("R at inference (★ = trained R)")
+    ax.set_ylabel(f"ppl {study.metric}")
+    ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+    if ys and max(ys) / max(min(ys), 1e-9) > 3:
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("variable R without fine-tuning")
+    out += [f"![variable R]({figs.save(fig, 'vary_r')})", ""]
+    return out
+
+
+def _throughput(study: A.Study, paper: bool) -> list[str]:
+    rows = [r for r in A.throughput(study) if r["tokens_per_s"] is not None]
+    if not rows:
+        return []
+    out = ["## Throughput and MFU", "", "Training tokens/s and model FLOPs utilisation as measured by the trainer, per run "
+           "(CPU MFU is against the peak measured once on this machine).", ""]
+    head = ["run", "arch", "d", "P/R or layers", "stored", "effective", "tokens/s", "MFU"]
+    trs = []
+    for r in sorted(rows, key=lambda r: (str(r["arch"]), r["d"] or 0, r["P"] or 0, r["R"] or r["layers"] or 0)):
+        shape = f"P{r['P']} R{r['R']}" if r["arch"] == "cart" else f"{r['layers']}L"
+        trs.append([r["run"], r["arch"], r["d"], shape, _params(r["stored"]), _params(r["effective"]),
+                    f"{r['tokens_per_s']:,.0f}", _pct(r["mfu"]).lstrip("+") if r["mfu"] is not None else "—"])
+    out += [table(head, trs), ""]
+    if paper:
+        out += ["Paper (RTX 3090, bf16): " + ", ".join(f"d{d} R{R}: {t:,} tok/s" + (f", MFU {100 * m:.0f} %" if m else "")
+                                                      for (d, R), (t, m) in PUB.THROUGHPUT.items()) + ".", ""]
+    return out
+
+
+def _bookkeeping(store: Store) -> list[str]:
+    runs = store.runs()
+    atts = store.attempts()
+    by_outcome: dict[str, int] = {}
+    wall = 0.0
+    for a in atts:
+        by_outcome[a["outcome"] or "open"] = by_outcome.get(a["outcome"] or "open", 0) + 1
+        if a["ended_at"]:
+            wall += a["ended_at"] - a["started_at"]
+    versions = sorted({r.code_version for r in runs if r.code_version})
+    started = [r.created_at for r in runs if r.created_at]
+    finished = [r.finished_at for r in runs if r.finished_at]
+    out = ["## Bookkeeping", "",
+           f"- runs: {len(runs)} ({', '.join(f'{k} {v}' for k, v in store.counts().items() if v)}); attempts: {len(atts)} "
+           f"({', '.join(f'{k} {v}' for k, v in sorted(by_outcome.items()))}); summed run time {_duration(wall)}",
+           f"- study wall time (first run planned → last run finished): "
+           + (_duration(max(finished) - min(started)) if started and finished else "—"),
+           f"- code version(s): {', '.join(versions) or '—'}"]
+    failed = [r for r in runs if r.status == "failed"]
+    for r in failed:
+        out.append(f"- FAILED {r.name}: {(r.error or '').splitlines()[0] if r.error else ''}")
+    bad = [a for a in atts if a["outcome"] in ("failed", "lost")]
+    if bad:
+        errors: dict[str, int] = {}
+        for a in bad:
+            lines = [x for x in (a["error"] or "").splitlines() if x.strip()]
+            key = (lines[-1] if lines else a["outcome"]).strip()[:160]
+            errors[key] = errors.get(key, 0) + 1
+        retried = len({a["run_id"] for a in bad})
+        out.append(f"- failed or lost attempts: {len(bad)} in {retried} run(s), each retried from its last checkpoint; "
+                   f"distinct errors (last line):")
+        out += [f"  - {n}×: `{e}`" for e, n in sorted(errors.items(), key=lambda kv: -kv[1])]
+    return out + [""]
+
+
+def build_report(study_dir: str | Path, out: str | Path | None = None, metric: str | None = None,
+                 commands: list[str] | None = None) -> Path:
+    """Write report.md, figures/*.png, results.csv/json and metrics.csv. Returns the report path."""
+    study_dir = Path(study_dir)
+    store = Store(study_dir)
+    try:
+        study = A.Study(store, metric)
+        out = Path(out) if out is not None else study_dir / "report"
+        out.mkdir(parents=True, exist_ok=True)
+        figs = Figures(out)
+        paper = study.tier == "paper"
+        c = store.counts()
+        lines = [f"# CART study report: `{study.tier}` tier", "",
+                 f"Study `{study_dir}`; plan `{store.meta('plan_source') or '?'}`; selection metric: ppl on `{study.metric}`; "
+                 f"{sum(c.values())} runs ({c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} unfinished). "
+                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `cart report`.", ""]
+        if study.tier != "paper":
+            lines += [f"This tier shrinks the paper's widths, steps and sequence length; the published numbers are quoted as "
+                      f"findings to check, not as values to match.", ""]
+        f = A.findings(study)
+        if f:
+            lines += ["## The paper's findings at this scale", "",
+                      table(["finding", "paper", "this study", "verdict"], [[x["finding"], x["paper"], x["ours"], x["verdict"]] for x in f]), ""]
+        lines += _stage1(study, figs, paper)
+        lines += _stage2(study, figs, paper)
+        lines += _parity(study, figs, paper)
+        if "ablations" in study.stages:
+            lines += _decomposition(study)
+        lines += _ablations(study, paper)
+        lines += _variants_section(study, "control", "Homogeneous control",
+                                   "The control the paper names but never ran: P + R + 1 identical MLA blocks (CART's depth), unshared "
+                                   "and shared (one block looped), at the same width and recipe, beside CART. Does the residual gap come "
+                                   "from the heterogeneous prelude/anchor/core/coda framing?")
+        lines += _variants_section(study, "fidelity", "Fidelity: the published code vs the stable default",
+                                   "`paper`: h = A⊙h̃ + u (carried-state gain 1 + A), softmax over [1, 0, 0], weight decay on everything. "
+                                   "`stable`: h = A⊙h̃ + Δ (gain A < 1), the blend starting at the pure residual, no decay on gates.")
+        lines += _variants_section(study, "vary_r_train", "Training-time variable R",
+                                   "The fix the paper names for its variable-R result: R sampled per training step. Compared here at "
+                                   "the trained R; the next section runs both at every R.")
+        lines += _rho(study, figs, paper)
+        lines += _vary_r(study, figs, paper)
+        lines += _throughput(study, paper)
+        lines += _bookkeeping(store)
+        if commands:
+            lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
+        lines += ["## Files", "", "- `results.csv`, `results.json`: one row per (stage, member): flags, recipe, tags and final metrics",
+                  "- `metrics.csv.gz`: every logged metric of every run (long format: run, step, event, name, value)", "- `figures/*.png`", ""]
+        store.export(out / "results.csv", "csv")
+        store.export(out / "results.json", "json")
+        store.export_metrics(out / "metrics.csv.gz")
+        path = out / "report.md"
+        path.write_text("\n".join(lines))
+        return path
+    finally:
+        store.close()
+
+
+__all__ = ["build_report", "table"]
