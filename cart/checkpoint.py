@@ -5,7 +5,7 @@ Layout of one checkpoint directory (training adds optimizer/scheduler/loader sta
     <ckpt>/model.safetensors   weights (tied embedding stored once)
     <ckpt>/model.json          {"config": {...model config...}, "meta": {...}}
 
-A run directory holds `checkpoints/step_XXXXXXXX/` folders; `resolve_checkpoint` picks the newest
+A run directory holds `checkpoints/step_NNNNNNNN/` folders; `resolve_checkpoint` picks the newest
 one that verifies. Loading never executes code: safetensors and JSON only.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training checkpoints: everything needed to continue a run exactly, on top of the model layout.
 
-One checkpoint is a directory `run_dir/checkpoints/step_XXXXXXXX/`:
+One checkpoint is a directory `run_dir/checkpoints/step_NNNNNNNN/`:
 
     model.safetensors, model.json   the weights and model config (`cart.checkpoint.save_model`), so
                                     any evaluation code loads it with `cart.checkpoint.load_model`
@@ -10,11 +10,11 @@ One checkpoint is a directory `run_dir/checkpoints/step_XXXXXXXX/`:
     checksums.json                  sha256 of every file above, written last
 
 Notable features:
-- atomic: everything is written and fsynced into `checkpoints/.tmp-step_XXXXXXXX-<pid>/`, then the
+- atomic: everything is written and fsynced into `checkpoints/.tmp-step_NNNNNNNN-<pid>/`, then the
   directory is renamed into place; a kill at any moment leaves either the old set of checkpoints
   or the new one, never a half-written `step_` directory (stale temp dirs are removed on resume);
 - verified on load: every file re-hashed against checksums.json; a checkpoint that fails is
-  reported, set aside as `corrupt_step_XXXXXXXX` and the previous good one is used;
+  reported, set aside as `corrupt_step_NNNNNNNN` and the previous good one is used;
 - loaded with `torch.load(weights_only=True)`: reading a checkpoint never executes code;
 - retention: the newest `keep` checkpoints survive (0 = all).
 """
