@@ -75,7 +75,7 @@ class Bench:
     @property
     def budget_s(self) -> float:
         """Time after which a measurement stops waiting for uncontended samples."""
-        return 5.0 if self.quick else 90.0
+        return 5.0 if self.quick else 240.0
 
     def sync(self) -> None:
         if self.device.type == "cuda":
