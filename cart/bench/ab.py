@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from cart.bench.timing import measure
 
 _FILES = ["cart/config.py", "cart/accounting.py"]
 
@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
     ap.add_argument("--tune-malloc", action="store_true", help="apply cart.bench.host.tune_allocator() first")
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds to keep waiting for uncontended samples")
     args = ap.parse_args(argv)
     if args.tune_malloc:
         from cart.bench.host import tune_allocator
@@ -128,20 +129,15 @@ def main(argv=None) -> int:
             for tag, mods in (("before", old), ("after", (cfg_new, acc_new, model_new))):
                 m, DC = _build(mods, which, args.d, args.seq, args.vocab, max_len)
                 fns[tag], units = _task(m, DC, args)
-            for f in fns.values():
-                f()
-                f()
-            clock = time.process_time if args.cpu_time else time.perf_counter
-            res = {k: [] for k in fns}
-            for r in range(args.repeats):
-                for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                    t = clock()
-                    fns[k]()
-                    res[k].append(clock() - t)
-            ratio = statistics.median(a / b for a, b in zip(res["after"], res["before"]))
-            b, a = statistics.median(res["before"]), statistics.median(res["after"])
+            m = measure(fns, repeats=args.repeats, warmup=2, max_rounds=args.repeats * 3, time_budget_s=args.budget,
+                        clock="cpu" if args.cpu_time else "wall")
+            tb, ta = m.timings["before"], m.timings["after"]
+            ratio = m.paired_ratio("after", "before")
+            b, a = tb.median_s, ta.median_s
+            clean = "" if args.cpu_time else f"  clean samples {tb.summary()['n_clean']}+{ta.summary()['n_clean']}/{len(tb.samples_s) * 2}" + (
+                " (CONTENDED)" if tb.contended or ta.contended else "")
             print(f"{which:17s} before {b * 1e3:9.1f} ms  after {a * 1e3:9.1f} ms  after/before {ratio:.3f} "
-                  f"(paired median)  {units / b:.0f} -> {units / a:.0f} tok/s")
+                  f"(paired median)  {units / b:.0f} -> {units / a:.0f} tok/s{clean}")
     return 0
 
 

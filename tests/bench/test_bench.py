@@ -156,3 +156,24 @@ def test_cpu_clock_one_thread():
 def test_bad_clock_is_refused():
     with pytest.raises(ValueError, match="clock"):
         run(["cache"], quick=True, tune_malloc=False, clock="sundial")
+
+
+def test_micro_benchmarks_run(capsys):
+    from cart.bench import micro
+
+    assert micro.main(["--repeats", "1", "--inner", "1", "--only", "rope", "blend_gate", "decode_mla"]) == 0
+    out = capsys.readouterr().out
+    assert "rope" in out and "decode_mla" in out and "new/old" in out
+
+
+def test_ab_against_a_git_revision(capsys):
+    import shutil
+    import subprocess
+
+    from cart.bench import ab
+
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    assert ab.main(["--rev", "HEAD", "--d", "64", "--seq", "16", "--vocab", "128", "--batch", "1", "--repeats", "1",
+                    "--budget", "1"]) == 0
+    assert "after/before" in capsys.readouterr().out
