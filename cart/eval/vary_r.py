@@ -48,11 +48,7 @@ def adaptive_forward(
         raise ValueError(f"granularity must be 'token' or 'sequence', got {granularity!r}")
     c = model.config
     R = model.resolve_loops(max_loops)
-    x = model.embed(idx)
-    for layer in model.prelude:
-        x = layer(x)
-    e = x
-    kv = model.anchor(e) if (model.anchor is not None and c.freeze_kv) else None
+    e, kv = model.anchor_state(idx)
     states = [e, e, e]
     active = torch.ones(idx.shape + (1,), dtype=torch.bool, device=idx.device)
     used = torch.zeros(idx.shape, dtype=torch.float32, device=idx.device)

@@ -82,14 +82,7 @@ class CART(nn.Module):
         if start + T > c.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model's max_seq_len={c.max_seq_len}")
 
-        x = self.embed(idx)
-        for i, layer in enumerate(self.prelude):
-            x = layer(x, cache, f"prelude{i}")
-        e = x
-
-        kv = None
-        if self.anchor is not None and c.freeze_kv:
-            kv = self._anchor_kv(e, cache, "anchor")  # K/V computed ONCE, reused by every loop
+        e, kv = self.anchor_state(idx, cache)
 
         states = [e, e, e]  # ring buffer of the last 3 loop states, newest first
         deltas = []
@@ -117,6 +110,15 @@ class CART(nn.Module):
             stats["delta_norm"] = dn
             stats["contraction"] = dn[1:] / dn[:-1].clamp_min(1e-30)
         return logits
+
+    def anchor_state(self, idx: torch.Tensor, cache: DecodeCache | None = None):
+        """Embed + prelude -> the anchor e, and its frozen K/V (computed ONCE, reused by every loop;
+        None when K/V are recomputed per loop or the core self-attends)."""
+        x = self.embed(idx)
+        for i, layer in enumerate(self.prelude):
+            x = layer(x, cache, f"prelude{i}")
+        kv = self._anchor_kv(x, cache, "anchor") if (self.anchor is not None and self.config.freeze_kv) else None
+        return x, kv
 
     def _anchor_kv(self, x: torch.Tensor, cache: DecodeCache | None, key: str):
         k, v = self.anchor(x)

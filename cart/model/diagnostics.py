@@ -32,11 +32,7 @@ def loop_jacobian_norm(model: CART, idx: torch.Tensor, n_loops: int | None = Non
     c = model.config
     R = model.resolve_loops(n_loops)
     with torch.no_grad():
-        x = model.embed(idx)
-        for layer in model.prelude:
-            x = layer(x)
-        e = x
-        kv = model.anchor(e) if (model.anchor is not None and c.freeze_kv) else None
+        e, kv = model.anchor_state(idx)
         states = [e, e, e]
         # run R-1 loops to reach the state the last loop starts from
         for r in range(R):
