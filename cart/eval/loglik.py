@@ -40,19 +40,6 @@ class Scored:
     truncated: bool = False  # the context was cut from the left to fit the model
 
 
-def _repeat_cache(cache: DecodeCache, counts: torch.Tensor) -> DecodeCache:
-    """A cache whose row j is a copy of `cache` row i, repeated counts[i] times (prefill once, score many).
-
-    Reads DecodeCache's buffers directly; a `repeat_interleave` method on DecodeCache would be the
-    cleaner home for this.
-    """
-    n = int(counts.sum())
-    out = DecodeCache(n, cache.max_len)
-    out.pos = cache.pos
-    out._store = {k: v.repeat_interleave(counts.to(v.device), dim=0) for k, v in cache._store.items()}
-    return out
-
-
 def _fit(ctx: list[int], cont: list[int], max_len: int) -> tuple[list[int], bool]:
     if len(cont) > max_len:
         raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's context of {max_len} tokens")
@@ -156,7 +143,7 @@ def _shared_batch(model, batch, units, fitted, results, L, lc_max, n_loops, devi
     scores = [(first_lp[j].item(), bool(first_greedy[j].item())) for j in range(len(flat))]
     if lc_max > 1:
         counts = torch.tensor([len(cs) for cs in conts])
-        big = _repeat_cache(cache, counts)
+        big = cache.repeat_interleave(counts)
         inp = torch.zeros((len(flat), lc_max - 1), dtype=torch.long, device=device)
         for j, (_, cont) in enumerate(flat):
             inp[j, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)

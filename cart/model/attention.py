@@ -6,7 +6,8 @@ ppl ~ 1.02 (SPEC §6.1). All kernels go through `scaled_dot_product_attention`.
 
 Notable:
 - MLA (multi-head latent attention): K and V are up-projected from a d/4 latent; the decode
-  cache stores only that latent. Q and the latent come from one fused [d + d/4, d] matmul.
+  cache stores only that latent (or, by choice, the rotated K and V: `DecodeCache.mla_layout`).
+  Q and the latent come from one fused [d + d/4, d] matmul.
 - `causal_attend` handles the three shapes that occur: training/prefill (square, is_causal),
   single-token decode (no mask needed) and chunked prefill on top of a cache (offset mask).
 """
@@ -63,31 +64,57 @@ class MLASelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: DecodeCache | None = None, key: str = "") -> torch.Tensor:
         start = cache.pos if cache is not None else 0
         q, c = self.w_q_down(x).split((self.d, self.d_latent), dim=-1)
+        q = self.rotary(_heads(q, self.n_heads), start)
+        if cache is not None and cache.mla_layout == "kv":  # cache the rotated K and V of new tokens only
+            k, v = self.w_kv_up(c).split(self.d, dim=-1)
+            k, v = cached_kv(cache, key, self.rotary(_heads(k, self.n_heads), start), _heads(v, self.n_heads))
+            return self.w_o(_merge(causal_attend(q, k, v)))
         if cache is not None:
             c = cache.extend(key, c)
-        q = self.rotary(_heads(q, self.n_heads), start)
-        if cache is not None and x.shape[1] == 1:
-            return self.w_o(_merge(self._decode_attend(q, c)))
+            if x.shape[1] == 1:
+                return self.w_o(_merge(self._decode_attend(q, c)))
         k, v = self.w_kv_up(c).split(self.d, dim=-1)
         k = self.rotary(_heads(k, self.n_heads), 0)
         y = causal_attend(q, k, _heads(v, self.n_heads))
         return self.w_o(_merge(y))
 
     def _decode_attend(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """One new query per sequence (q [B, H, 1, D]) over the cached latents c [B, Tk, d/4], with V
-        absorbed: softmax(q k^T / sqrt(D)) is applied to the latents, then each head's block of W_vup
-        maps its d/4-wide result to D. V = W_vup c is never formed, which halves the per-token
-        up-projection of the whole cache (K still needs it: RoPE acts on the up-projected K, so
-        W_kup cannot be absorbed into the query)."""
+        """One new (rotated) query per sequence, q [B, H, 1, D], over the cached latents c [B, Tk, d/4].
+
+        Neither K nor V is formed. With rotate-half RoPE, pair f of head h (dims f and f + D/2) gives
+            q . R(n) k_n = cos(n θ_f) (q_f k_f + q_f' k_f') + sin(n θ_f) (q_f' k_f - q_f k_f')
+        and k_n = W_h c_n, so each of the 2·(D/2) bracketed sums is c_n dotted with a query-dependent
+        latent-space row Z[b, h] (built from q and W_kup: [D, d/4] per head, tiny). The scores are then
+        one batched matmul c @ Zᵀ (the same FLOPs as re-projecting K, the irreducible cost of the latent
+        cache) and one weighted sum against the [cos | sin] table: the rotated K is never materialised.
+        V is absorbed on the other side: the softmax weights act on the latents, then each head's block
+        of W_vup maps its d/4-wide result to D."""
         B, H, _, D = q.shape
-        w_k, w_v = self.w_kv_up.weight.split(self.d, dim=0)  # [d, d/4] each
-        k = self.rotary(_heads(F.linear(c, w_k), H), 0)  # [B, H, Tk, D]
-        # bmm, not broadcasting matmul, which would copy c once per head and W_vup once per sequence
-        scores = torch.bmm(q.reshape(B * H, 1, D), k.reshape(B * H, -1, D).transpose(1, 2))  # [B*H, 1, Tk]
-        att = torch.softmax(scores.view(B, H, -1) * D ** -0.5, dim=-1)  # [B, H, Tk]
-        lat = torch.bmm(att.to(c.dtype), c)  # [B, H, d/4]: all heads share the latents
-        w_v = w_v.view(H, D, self.d_latent).transpose(1, 2).to(lat.dtype)  # [H, d/4, D]
-        return torch.bmm(lat.transpose(0, 1), w_v).transpose(0, 1).unsqueeze(2)  # [B, H, 1, D]
+        Tk, L, h = c.shape[1], self.d_latent, D // 2
+        w_k, w_v = self.w_kv_up.weight.to(c.dtype).split(self.d, dim=0)  # [d, L] each
+        W = w_k.view(1, H, 2, h, L)
+        W1, W2 = W[:, :, 0], W[:, :, 1]  # rows f and f + D/2 of each head: [1, H, h, L]
+        qs = (q.to(c.dtype) * D ** -0.5).reshape(B, H, 2, h, 1)  # the softmax scale, on the small side
+        q1, q2 = qs[:, :, 0], qs[:, :, 1]  # [B, H, h, 1]
+        Z = c.new_empty(B, H, D, L)  # [q1 W1 + q2 W2 ; q2 W1 - q1 W2], written in place (no temporaries)
+        top, bot = Z[:, :, :h], Z[:, :, h:]
+        torch.mul(q1, W1, out=top).addcmul_(q2, W2)
+        torch.mul(q2, W1, out=bot).addcmul_(q1, W2, value=-1)
+        G = torch.bmm(c, Z.view(B, H * D, L).transpose(1, 2)).view(B, Tk, H, D)
+        trig = self.rotary.trig[:Tk, None].to(c.dtype)  # [Tk, 1, D] = [cos_f | sin_f]
+        scores = G.mul_(trig).sum(-1)  # [B, Tk, H]
+        att = torch.softmax(scores, dim=1)
+        lat = torch.bmm(att.transpose(1, 2), c)  # [B, H, L]: all heads share the latents
+        w_v = w_v.view(H, D, L).transpose(1, 2)  # [H, L, D]
+        return torch.bmm(lat.transpose(0, 1), w_v).transpose(0, 1).unsqueeze(2).to(q.dtype)  # [B, H, 1, D]
+
+
+def cached_kv(cache: DecodeCache, key: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the new positions' K and V ([B, H, T, D]) to the cache and return all of them. Stored
+    [B, T, H, D], so the time axis is dim 1 and a step writes one contiguous row per sequence."""
+    k = cache.extend(key + ".k", k.transpose(1, 2)).transpose(1, 2)
+    v = cache.extend(key + ".v", v.transpose(1, 2)).transpose(1, 2)
+    return k, v
 
 
 class AnchorKV(nn.Module):
@@ -138,7 +165,6 @@ class MHASelfAttention(nn.Module):
         q = self.rotary(_heads(q, self.n_heads), start)
         k = self.rotary(_heads(k, self.n_heads), start)
         v = _heads(v, self.n_heads)
-        if cache is not None:  # cached in [B, T, H, D] layout so the time axis is dim 1
-            k = cache.extend(key + ".k", k.transpose(1, 2)).transpose(1, 2)
-            v = cache.extend(key + ".v", v.transpose(1, 2)).transpose(1, 2)
+        if cache is not None:
+            k, v = cached_kv(cache, key, k, v)
         return self.w_o(_merge(causal_attend(q, k, v)))

@@ -3,18 +3,37 @@
 One preallocated buffer per (layer, tensor) written in place, so a decode step copies only the new
 token's entries. What each layer stores is its own choice: MLA layers store their latent (d/4 per
 token), the CART anchor stores K/V once for all loops, dense MHA stores full K and V.
+
+`mla_layout` chooses what MLA layers keep, trading memory for decode compute:
+- "latent" (default, SPEC §1): the d/4 latent only. Each decode step re-projects K = W_kup c for
+  every cached position (RoPE acts on the up-projected K, so W_kup cannot be absorbed into the
+  query the way W_vup is): 2·Tk·(d/4)·d FLOPs per layer and sequence on top of the attention.
+- "kv": the rotated K and the V of every position (2d per token, like MHA, 8x the latent): no
+  re-projection, so a decode step costs what a dense layer's does.
+A cache also memoises values that depend only on the parameters (CART's loop constants), which
+are fixed for the life of one generation.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+MLA_LAYOUTS = ("latent", "kv")
 
 
 class DecodeCache:
-    def __init__(self, batch_size: int, max_len: int):
+    def __init__(self, batch_size: int, max_len: int, mla_layout: str = "latent"):
+        if mla_layout not in MLA_LAYOUTS:
+            raise ValueError(f"DecodeCache: mla_layout must be one of {', '.join(MLA_LAYOUTS)}; got {mla_layout!r}")
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(f"DecodeCache: batch_size and max_len must be >= 1; got {batch_size}, {max_len}")
         self.batch_size = batch_size
         self.max_len = max_len
+        self.mla_layout = mla_layout
         self.pos = 0  # tokens already absorbed
         self._store: dict[str, torch.Tensor] = {}
+        self._memo: dict = {}
 
     def extend(self, key: str, x: torch.Tensor) -> torch.Tensor:
         """Write x [B, T_new, ...] at the current position under `key`; return all entries [B, pos+T_new, ...]."""
@@ -33,6 +52,20 @@ class DecodeCache:
 
     def advance(self, n: int) -> None:
         self.pos += n
+
+    def memo(self, key, compute: Callable[[], object]):
+        """compute() once per cache (the parameters do not change during a generation), then reuse."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def repeat_interleave(self, counts: torch.Tensor) -> "DecodeCache":
+        """A cache whose rows are row i of this one repeated counts[i] times (prefill once, score many)."""
+        out = DecodeCache(int(counts.sum()), self.max_len, self.mla_layout)
+        out.pos = self.pos
+        out._store = {k: v.repeat_interleave(counts.to(v.device), dim=0) for k, v in self._store.items()}
+        out._memo = dict(self._memo)
+        return out
 
     def nbytes(self) -> int:
         """Bytes held for the positions absorbed so far (not the preallocated tail)."""

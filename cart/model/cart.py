@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cart.config import HEAD_DIM, CARTConfig
-from cart.model.attention import AnchorKV, MLASelfAttention
+from cart.model.attention import AnchorKV, MLASelfAttention, cached_kv
 from cart.model.blocks import Block
 from cart.model.cache import DecodeCache
 from cart.model.layers import RMSNorm, Rotary, cross_entropy, init_weights
@@ -87,16 +87,19 @@ class CART(nn.Module):
         states = [e, e, e]  # ring buffer of the last 3 loop states, newest first
         deltas = []
         for r in range(R):
-            lie = self.loop_embed(r) if self.loop_embed is not None else None
+            if cache is None:  # each per-loop module runs once per loop (TruncatedBackprop hooks on that)
+                lie, blend_w, gate_coef = (self.loop_embed(r) if self.loop_embed is not None else None), None, None
+            else:  # decoding: functions of the parameters only, computed once per generation
+                lie, blend_w, gate_coef = cache.memo(("loop", r), lambda r=r: self.loop_constants(r))
             if self.hyper is not None:
-                h_tilde = self.hyper(states, lie)  # blend and loop-index embedding in one pass
+                h_tilde = self.hyper(states, lie, blend_w)  # blend and loop-index embedding in one pass
             else:
                 h_tilde = states[0] if lie is None else states[0] + lie.to(states[0].dtype)
             core = self.cores[0 if c.share_core else r]
             if self.anchor is not None and not c.freeze_kv:
                 kv = self._anchor_kv(h_tilde, cache, f"loop{r}.anchor")  # ablation: recompute every loop
             u = core(h_tilde, kv, cache, f"core{r}")
-            h = self.gate(h_tilde, u) if self.gate is not None else u
+            h = self.gate(h_tilde, u, gate_coef) if self.gate is not None else u
             if stats is not None:
                 deltas.append((h - states[0]).float().norm())
             states = [h, states[0], states[1]]
@@ -111,6 +114,12 @@ class CART(nn.Module):
             stats["contraction"] = dn[1:] / dn[:-1].clamp_min(1e-30)
         return logits
 
+    def loop_constants(self, r: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Loop r's loop-index embedding, blend weights and gate coefficient (None where ablated)."""
+        return (self.loop_embed(r) if self.loop_embed is not None else None,
+                self.hyper.weights() if self.hyper is not None else None,
+                self.gate.coefficient() if self.gate is not None else None)
+
     def anchor_state(self, idx: torch.Tensor, cache: DecodeCache | None = None):
         """Embed + prelude -> the anchor e, and its frozen K/V (computed ONCE, reused by every loop;
         None when K/V are recomputed per loop or the core self-attends)."""
@@ -122,10 +131,7 @@ class CART(nn.Module):
 
     def _anchor_kv(self, x: torch.Tensor, cache: DecodeCache | None, key: str):
         k, v = self.anchor(x)
-        if cache is not None:  # stored [B, T, H, D] so the time axis is dim 1
-            k = cache.extend(key + ".k", k.transpose(1, 2)).transpose(1, 2)
-            v = cache.extend(key + ".v", v.transpose(1, 2)).transpose(1, 2)
-        return k, v
+        return cached_kv(cache, key, k, v) if cache is not None else (k, v)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None) -> torch.Tensor:
         logits = self(idx, n_loops=n_loops, stats=stats)

@@ -118,6 +118,9 @@ class Rotary(nn.Module):
         # persistent=False: derived from the config, never saved in checkpoints
         self.register_buffer("cos", torch.cat((cos, cos), -1).float(), persistent=False)  # [T, D]
         self.register_buffer("sin", torch.cat((-sin, sin), -1).float(), persistent=False)  # [T, D], signed
+        # [cos_f | sin_f] per position (f < D/2): the rotation as decode-time attention applies it on
+        # the query side (attention.MLASelfAttention._decode_attend)
+        self.register_buffer("trig", torch.cat((cos, sin), -1).float(), persistent=False)  # [T, D]
         self.max_seq_len = max_seq_len
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:

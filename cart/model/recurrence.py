@@ -57,12 +57,16 @@ class LTIGate(nn.Module):
     def reset_parameters(self, init: float) -> None:
         nn.init.constant_(self.a, math.log(init / (1 - init)))
 
-    def forward(self, h_tilde: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        A = torch.sigmoid(self.a).to(u.dtype)
-        # one fused multiply-add over the state (the [d] coefficient is the only extra work)
-        if self.fidelity == "paper":
-            return torch.addcmul(u, A, h_tilde)  # published: A h~ + u = (1 + A) h~ + delta
-        return torch.addcmul(u, A - 1, h_tilde)  # contractive: A h~ + (u - h~) = A h~ + delta
+    def coefficient(self) -> torch.Tensor:
+        """The [d] factor on h~ added to u: A (published: A h~ + u = (1 + A) h~ + delta) or A - 1
+        (contractive: A h~ + (u - h~) = A h~ + delta)."""
+        A = torch.sigmoid(self.a)
+        return A if self.fidelity == "paper" else A - 1
+
+    def forward(self, h_tilde: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor | None = None) -> torch.Tensor:
+        """One fused multiply-add over the state; `coefficient` may be given precomputed (decoding)."""
+        coef = self.coefficient() if coefficient is None else coefficient
+        return torch.addcmul(u, coef.to(u.dtype), h_tilde)
 
 
 class HyperBlend(nn.Module):
@@ -82,10 +86,12 @@ class HyperBlend(nn.Module):
     def weights(self) -> torch.Tensor:
         return torch.softmax(self.logits.float(), dim=0)
 
-    def forward(self, states: list[torch.Tensor], bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, states: list[torch.Tensor], bias: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         """sum_i w_i states[i] (+ bias, broadcast: the loop-index embedding), as three fused
-        multiply-adds over the list (the ring buffer is never stacked or copied)."""
-        w = self.weights().to(states[0].dtype)
+        multiply-adds over the list (the ring buffer is never stacked or copied); `weights` may be
+        given precomputed (decoding)."""
+        w = (self.weights() if weights is None else weights).to(states[0].dtype)
         h = w[0] * states[0] if bias is None else torch.addcmul(bias.to(states[0].dtype), w[0], states[0])
         return torch.addcmul(torch.addcmul(h, w[1], states[1]), w[2], states[2])
 
