@@ -327,7 +327,10 @@ def suite_generate(bench: Bench) -> dict:
     prompt, new = (8, 8) if bench.quick else (128, 128)
     cfgs = {k: v for k, v in contender_configs(s, max_seq_len=max(s.seq_len, prompt + new)).items()}
     torch.manual_seed(0)
-    models = {k: build_model(c).to(bench.device).eval() for k, c in cfgs.items()}
+    built = {k: build_model(c).to(bench.device).eval() for k, c in cfgs.items()}
+    # contender -> (model, MLA cache layout): the same CART also decodes with rotated K/V cached
+    runs = {k: (k, "latent") for k in cfgs} | {"cart_kv_cache": ("cart", "kv")}
+    models = {name: built[k] for name, (k, _) in runs.items()}
     dtype = "bf16" if bench.device.type == "cuda" else "fp32"
     out: dict = {"status": "ok", "label": f"d={s.d_model} V={s.vocab_size} P{s.n_prelude} R{s.n_loops} {dtype}",
                  "prompt_len": prompt, "new_tokens": new, "clock": bench.clock,
@@ -339,34 +342,38 @@ def suite_generate(bench: Bench) -> dict:
         names = list(models)
         for r in range(reps):
             for k in names[r % len(names):] + names[: r % len(names)]:
+                layout = runs[k][1]
                 with ForeignLoad() as fl:
-                    res = decode_speed(models[k], bs, prompt, new, device=bench.device, dtype=dtype)
+                    res = decode_speed(models[k], bs, prompt, new, device=bench.device, dtype=dtype, mla_layout=layout)
                 if bench.clock == "cpu":  # the same decoding, timed with this process's CPU time
                     res = {**res, "wall_tokens_per_s": res["tokens_per_s"],
-                           "tokens_per_s": _decode_cpu_tokens_per_s(models[k], bs, prompt, new, bench.device)}
+                           "tokens_per_s": _decode_cpu_tokens_per_s(models[k], bs, prompt, new, bench.device, layout)}
                 samples[k].append((res["tokens_per_s"], fl.cores, res))
         rows = {}
         for k, ss in samples.items():
             clean = [x for x in ss if x[1] is not None and x[1] < 0.25]
             use = clean if len(clean) >= min(2, len(ss)) else ss
-            rows[k] = {**describe(cfgs[k], prompt + new), "tokens_per_s": statistics.median(x[0] for x in use),
+            rows[k] = {**describe(cfgs[runs[k][0]], prompt + new), "mla_cache": runs[k][1],
+                       "tokens_per_s": statistics.median(x[0] for x in use),
                        "samples_tokens_per_s": [x[0] for x in ss], "n_clean": len(clean), "contended": use is ss and len(clean) < len(ss),
                        "prefill_tokens_per_s": statistics.median(x[2]["prefill_tokens_per_s"] for x in use),
                        "cache_bytes_per_token": ss[-1][2]["cache_bytes_per_token"]}
         ratios = {f"cart_vs_{b}_tokens_per_s": rows["cart"]["tokens_per_s"] / rows[b]["tokens_per_s"]
                   for b in ("dense_stored", "dense_effective", "cart_unfrozen_kv")}
+        ratios["cart_kv_cache_vs_dense_effective_tokens_per_s"] = rows["cart_kv_cache"]["tokens_per_s"] / rows["dense_effective"]["tokens_per_s"]
         out["batches"][str(bs)] = {"contenders": rows, "ratios": ratios}
     return out
 
 
 @torch.no_grad()
-def _decode_cpu_tokens_per_s(model, bs: int, prompt_len: int, new: int, device: torch.device) -> float:
+def _decode_cpu_tokens_per_s(model, bs: int, prompt_len: int, new: int, device: torch.device,
+                             mla_layout: str = "latent") -> float:
     """decode_speed's measurement (greedy, cached, after a prefill of random tokens) on the CPU clock."""
     from cart.model.cache import DecodeCache
 
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (bs, prompt_len), generator=g).to(device)
-    cache = DecodeCache(bs, prompt_len + new)
+    cache = DecodeCache(bs, prompt_len + new, mla_layout)
     nxt = model(prompt, cache=cache)[:, -1].argmax(-1)
     t0 = time.process_time()
     for _ in range(new):
@@ -374,14 +381,20 @@ def _decode_cpu_tokens_per_s(model, bs: int, prompt_len: int, new: int, device: 
     return bs * new / max(time.process_time() - t0, 1e-9)
 
 
-def expected_cache_bytes_per_token(cfg: ModelConfig, elem: int = 4) -> int:
-    """What SPEC §1 says each model caches per token: MLA latent (d/4) per prelude/coda layer plus
-    the anchor K/V once (CART; R times when unfrozen), full K and V per layer (dense MHA)."""
+def expected_cache_bytes_per_token(cfg: ModelConfig, elem: int = 4, mla_layout: str = "latent") -> int:
+    """What SPEC §1 says each model caches per token: per MLA layer its latent (d/4; rotated K and V,
+    2d, with mla_layout="kv"), for CART's prelude and coda (and each loop of a self-attention core)
+    plus the anchor K/V once (R times when unfrozen); full K and V per layer for dense MHA."""
     d = cfg.d_model
+    mla = d // 4 if mla_layout == "latent" else 2 * d
     if isinstance(cfg, CARTConfig):
-        n = (cfg.n_prelude + 1) * (d // 4) + 2 * d * (1 if cfg.freeze_kv else cfg.n_loops)
+        n = (cfg.n_prelude + 1) * mla
+        if cfg.uses_anchor:
+            n += 2 * d * (1 if cfg.freeze_kv else cfg.n_loops)
+        else:
+            n += cfg.n_loops * mla
     else:
-        n = cfg.n_layers * 2 * d
+        n = cfg.n_layers * (2 * d if cfg.attention == "mha" else mla)
     return n * elem
 
 
@@ -400,16 +413,19 @@ def suite_cache(bench: Bench) -> dict:
     idx = torch.randint(0, V, (1, prompt), generator=torch.Generator().manual_seed(0)).to(bench.device)
     for k, cfg in cfgs.items():
         model = build_model(cfg).to(bench.device).eval()
-        cache = DecodeCache(1, prompt)
-        with torch.no_grad():
-            model(idx, cache=cache)
-        rows[k] = {**describe(cfg, prompt), "cache_bytes_per_token": cache.bytes_per_token(),
-                   "expected_bytes_per_token": expected_cache_bytes_per_token(cfg)}
-        del model, cache
+        for name, layout in ((k, "latent"),) + ((("cart_kv_cache", "kv"),) if k == "cart" else ()):
+            cache = DecodeCache(1, prompt, layout)
+            with torch.no_grad():
+                model(idx, cache=cache)
+            rows[name] = {**describe(cfg, prompt), "mla_cache": layout, "cache_bytes_per_token": cache.bytes_per_token(),
+                          "expected_bytes_per_token": expected_cache_bytes_per_token(cfg, mla_layout=layout)}
+            del cache
+        del model
     c = rows["cart"]["cache_bytes_per_token"]
     return {"status": "ok", "label": f"d={d} V={V} P6 R6 fp32, prefill {prompt} tokens, batch 1",
             "contenders": rows,
-            "ratios": {f"{b}_over_cart": rows[b]["cache_bytes_per_token"] / c for b in ("dense_stored", "dense_effective", "cart_unfrozen_kv")}}
+            "ratios": {f"{b}_over_cart": rows[b]["cache_bytes_per_token"] / c
+                       for b in ("dense_stored", "dense_effective", "cart_unfrozen_kv", "cart_kv_cache")}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="prepared data dir with manifest.json")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--mla-cache", default="latent", choices=["latent", "kv"],
+                   help="what MLA layers cache: the d/4 latent (smallest; K re-projected every step) or the "
+                        "rotated K and V (8x the bytes, faster at large batch x context); same tokens either way")
     p.add_argument("--no-bos", action="store_true", help="do not start the prompt with BOS")
     p.add_argument("--no-stream", action="store_true", help="print the text only at the end")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating after EOS")
@@ -57,7 +60,8 @@ def run(args) -> int:
         sys.stdout.flush()
     g = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  seed=args.seed, n_loops=args.n_loops, eos_id=None if args.ignore_eos else tok.eos_id,
-                 dtype=args.dtype, on_token=stream, truncate=args.truncate_prompt)
+                 dtype=args.dtype, on_token=stream, truncate=args.truncate_prompt,
+                 mla_layout=args.mla_cache)
     new = [t for t in g.tokens[0] if args.ignore_eos or t != tok.eos_id]
     if stream is not None:
         stream.flush()

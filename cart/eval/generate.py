@@ -78,11 +78,14 @@ def generate(
     dtype: str | torch.dtype | None = None,
     on_token: Callable[[int, list[int]], None] | None = None,
     truncate: bool = False,
+    mla_layout: str = "latent",
 ) -> Generation:
     """Sample up to max_new_tokens after each prompt (prompts of one batch have equal length).
 
     on_token(step, tokens) receives the new token of every sequence after each step.
     A prompt longer than the model's context raises, unless truncate=True keeps its last tokens.
+    mla_layout: what MLA layers cache, "latent" (d/4 per token) or "kv" (rotated K and V: 8x the
+    bytes, no per-step re-projection of K); see `cart.model.cache`. Same tokens either way.
     """
     if device is None:
         device = next(model.parameters()).device
@@ -112,7 +115,7 @@ def generate(
         raise ValueError(f"prompt token ids must be in [0, {V}); the tokenizer does not match the model")
     steps = min(max_new_tokens, max_len - T)
     gen = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**63))
-    cache = DecodeCache(B, T + max(steps, 1))
+    cache = DecodeCache(B, T + max(steps, 1), mla_layout)
     out: list[list[int]] = [[] for _ in range(B)]
     reason = ["length" if steps == max_new_tokens else "context"] * B
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -174,7 +177,7 @@ class TextStreamer:
 @torch.no_grad()
 def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_tokens: int, n_loops: int | None = None,
                  *, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None,
-                 warmup_tokens: int = 2, seed: int = 0) -> dict:
+                 warmup_tokens: int = 2, seed: int = 0, mla_layout: str = "latent") -> dict:
     """Greedy cached decoding speed: tokens_per_s = batch_size * new_tokens / decode time (after a
     prefill of prompt_len random tokens), and the cache's bytes per token at the end."""
     if device is None:
@@ -193,7 +196,7 @@ def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_t
             torch.cuda.synchronize(device)
 
     def run(n_new: int):
-        cache = DecodeCache(batch_size, prompt_len + n_new)
+        cache = DecodeCache(batch_size, prompt_len + n_new, mla_layout)
         sync()
         t0 = time.perf_counter()
         with autocast(device, dtype):
@@ -216,7 +219,7 @@ def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_t
         "decode_s": decode_s,
         "prefill_s": prefill_s,
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
-        "n_loops": model.resolve_loops(n_loops),
+        "n_loops": model.resolve_loops(n_loops), "mla_layout": mla_layout,
     }
 
 

@@ -64,11 +64,15 @@ def test_generate():
     res, s = _run("generate")
     for bs in ("1", "8"):
         e = s["batches"][bs]
-        assert set(e["contenders"]) == CONTENDERS
+        assert set(e["contenders"]) == CONTENDERS | {"cart_kv_cache"}
         for c in e["contenders"].values():
             assert _pos(c["tokens_per_s"]) and _pos(c["cache_bytes_per_token"])
         assert _pos(e["ratios"]["cart_vs_dense_effective_tokens_per_s"])
-    assert any(t["id"] == "decode_b8_vs_dense_effective" for t in targets(res))
+        assert _pos(e["ratios"]["cart_kv_cache_vs_dense_effective_tokens_per_s"])
+        # the same model, caching rotated K/V instead of the latent, holds more bytes
+        assert e["contenders"]["cart_kv_cache"]["cache_bytes_per_token"] > e["contenders"]["cart"]["cache_bytes_per_token"]
+    ids = {t["id"] for t in targets(res)}
+    assert {"decode_b8_vs_dense_effective", "decode_b8_vs_dense_effective_kv_cache"} <= ids
 
 
 def test_cache_matches_spec():
@@ -78,6 +82,7 @@ def test_cache_matches_spec():
     # CART keeps d/4 per prelude/coda layer plus the anchor K/V once; dense keeps 2d per layer
     assert s["ratios"]["dense_effective_over_cart"] > s["ratios"]["dense_stored_over_cart"] > 1
     assert s["ratios"]["cart_unfrozen_kv_over_cart"] > 1
+    assert s["contenders"]["cart_kv_cache"]["mla_cache"] == "kv" and s["ratios"]["cart_kv_cache_over_cart"] > 1
     (t,) = [t for t in targets(res) if t["id"] == "cache_bytes_vs_dense_effective"]
     assert t["passed"] is None  # quick runs at d=128: the d=1024 target is not judged
 
@@ -87,6 +92,8 @@ def test_expected_cache_bytes_at_paper_width():
     cart = expected_cache_bytes_per_token(cfgs["cart"])
     assert cart == (7 * 256 + 2 * 1024) * 4
     assert expected_cache_bytes_per_token(cfgs["dense_effective"]) / cart >= 5
+    # rotated K/V per MLA layer instead of the latent: 7 x 2d + anchor 2d
+    assert expected_cache_bytes_per_token(cfgs["cart"], mla_layout="kv") == (7 * 2048 + 2 * 1024) * 4
 
 
 def test_data(tmp_path):

@@ -24,12 +24,13 @@ VARIANTS = {
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 @pytest.mark.parametrize("chunks", [[9, 1, 1, 5, 1, 3], [1] * 20])
-def test_cached_decoding_matches_full_forward(name, chunks):
+@pytest.mark.parametrize("layout", ["latent", "kv"])
+def test_cached_decoding_matches_full_forward(name, chunks, layout):
     model = VARIANTS[name]()
     idx = torch.randint(0, 258, (2, sum(chunks)))
     with torch.no_grad():
         full = model(idx)
-        cache = DecodeCache(2, 32)
+        cache = DecodeCache(2, 32, layout)
         outs, s = [], 0
         for c in chunks:
             outs.append(model(idx[:, s:s + c], cache=cache))
@@ -70,3 +71,71 @@ def test_cache_overflow_is_a_clear_error():
         model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="exceeds the context"):
             model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_cache_bytes_per_token_for_both_mla_layouts(name):
+    """What each layout holds equals the accounting in cart.bench (latent d/4 or rotated K and V 2d per
+    MLA layer, anchor K/V once, MHA K and V), for every variant that decodes."""
+    from cart.bench.suites import expected_cache_bytes_per_token
+
+    model = VARIANTS[name]()
+    idx = torch.randint(0, 258, (1, 6))
+    for layout in ("latent", "kv"):
+        cache = DecodeCache(1, 6, layout)
+        with torch.no_grad():
+            model(idx, cache=cache)
+        assert cache.bytes_per_token() == expected_cache_bytes_per_token(model.config, mla_layout=layout), layout
+
+
+def test_latent_decode_attention_never_forms_k():
+    """The latent path's scores equal q . RoPE(W_kup c) computed the long way, at every position."""
+    from cart.model.attention import MLASelfAttention, _heads
+    from cart.model.layers import Rotary
+
+    torch.manual_seed(0)
+    rot = Rotary(64, 64, 10_000.0)
+    attn = MLASelfAttention(128, 32, rot)
+    c = torch.randn(3, 40, 32)
+    q = rot(torch.randn(3, 2, 1, 64), 39)
+    with torch.no_grad():
+        got = attn._decode_attend(q, c)
+        k, v = attn.w_kv_up(c).split(128, dim=-1)
+        k = rot(_heads(k, 2), 0)
+        want = torch.softmax(q @ k.transpose(-1, -2) / 8, dim=-1) @ _heads(v, 2)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_unknown_mla_layout_is_refused():
+    with pytest.raises(ValueError, match="mla_layout.*'full'"):
+        DecodeCache(1, 4, "full")
+
+
+def test_loop_constants_computed_once_per_generation():
+    model = VARIANTS["cart-stable"]()
+    calls = []
+    model.loop_embed.register_forward_hook(lambda *a: calls.append(1))
+    idx = torch.randint(0, 258, (1, 8))
+    with torch.no_grad():
+        cache = DecodeCache(1, 8)
+        model(idx[:, :4], cache=cache)
+        for t in range(4, 8):
+            model(idx[:, t:t + 1], cache=cache)
+    assert len(calls) == model.config.n_loops  # not once per loop per token
+    with torch.no_grad():
+        model(idx)
+    assert len(calls) == 2 * model.config.n_loops  # without a cache: once per loop
+
+
+def test_repeat_interleave_keeps_rows_and_layout():
+    model = VARIANTS["cart-stable"]()
+    idx = torch.randint(0, 258, (2, 5))
+    with torch.no_grad():
+        cache = DecodeCache(2, 8, "kv")
+        model(idx, cache=cache)
+        big = cache.repeat_interleave(torch.tensor([2, 1]))
+        nxt = torch.randint(0, 258, (2, 1))
+        want = model(nxt, cache=cache)
+        got = model(nxt[[0, 0, 1]], cache=big)
+    assert big.mla_layout == "kv" and big.batch_size == 3
+    torch.testing.assert_close(got, want[[0, 0, 1]], atol=1e-5, rtol=1e-5)

@@ -59,6 +59,13 @@ def test_vary_r_and_generate(run, capsys):
     assert main(["generate", str(run["run"]), "--prompt", "Once upon a time", "--max-new-tokens", "8", "--seed", "1"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("Once upon a time") and "tok/s" in out.err
+    # the rotated K/V cache gives the same sample and holds more bytes per token
+    assert main(["generate", str(run["run"]), "--prompt", "Once upon a time", "--max-new-tokens", "8", "--seed", "1",
+                 "--mla-cache", "kv"]) == 0
+    out_kv = capsys.readouterr()
+    assert out_kv.out == out.out
+    b = lambda err: float(err.split("cache ")[1].split(" B/token")[0])
+    assert b(out_kv.err) > b(out.err)
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "mismatch", "no-tokenizer", "bad-task", "long-prompt", "no-subcommand",

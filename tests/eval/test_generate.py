@@ -7,10 +7,11 @@ from tests.eval.helpers import ByteTokenizer, tiny_cart, tiny_dense
 
 
 @pytest.mark.parametrize("make", [tiny_cart, lambda: tiny_cart(fidelity="paper"), tiny_dense])
-def test_greedy_generation_equals_uncached_argmax(make):
+@pytest.mark.parametrize("layout", ["latent", "kv"])
+def test_greedy_generation_equals_uncached_argmax(make, layout):
     model = make()
     prompt = [256] + list(b"Once upon")
-    g = generate(model, prompt, 12, temperature=0)
+    g = generate(model, prompt, 12, temperature=0, mla_layout=layout)
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(12):  # reference: the full forward pass over everything so far, every step
