@@ -365,7 +365,7 @@ def suite_generate(bench: Bench) -> dict:
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as decode_speed
 def _decode_cpu_tokens_per_s(model, bs: int, prompt_len: int, new: int, device: torch.device,
                              mla_layout: str = "latent") -> float:
     """decode_speed's measurement (greedy, cached, after a prefill of random tokens) on the CPU clock."""

@@ -62,7 +62,7 @@ class Generation:
     cache_bytes_per_token: float
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping (version counters, view tracking) per op
 def generate(
     model: torch.nn.Module,
     prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
@@ -174,7 +174,7 @@ class TextStreamer:
             self.shown = len(text)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping (version counters, view tracking) per op
 def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_tokens: int, n_loops: int | None = None,
                  *, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None,
                  warmup_tokens: int = 2, seed: int = 0, mla_layout: str = "latent") -> dict:
