@@ -329,7 +329,7 @@ def suite_generate(bench: Bench) -> dict:
     torch.manual_seed(0)
     built = {k: build_model(c).to(bench.device).eval() for k, c in cfgs.items()}
     # contender -> (model, MLA cache layout): the same CART also decodes with rotated K/V cached
-    runs = {k: (k, "latent") for k in cfgs} | {"cart_kv_cache": ("cart", "kv")}
+    runs = {k: (k, "latent") for k in cfgs} | {"cart_latent_k_cache": ("cart", "latent_k"), "cart_kv_cache": ("cart", "kv")}
     models = {name: built[k] for name, (k, _) in runs.items()}
     dtype = "bf16" if bench.device.type == "cuda" else "fp32"
     out: dict = {"status": "ok", "label": f"d={s.d_model} V={s.vocab_size} P{s.n_prelude} R{s.n_loops} {dtype}",
@@ -360,7 +360,9 @@ def suite_generate(bench: Bench) -> dict:
                        "cache_bytes_per_token": ss[-1][2]["cache_bytes_per_token"]}
         ratios = {f"cart_vs_{b}_tokens_per_s": rows["cart"]["tokens_per_s"] / rows[b]["tokens_per_s"]
                   for b in ("dense_stored", "dense_effective", "cart_unfrozen_kv")}
-        ratios["cart_kv_cache_vs_dense_effective_tokens_per_s"] = rows["cart_kv_cache"]["tokens_per_s"] / rows["dense_effective"]["tokens_per_s"]
+        for lay in ("latent_k", "kv"):
+            ratios[f"cart_{lay}_cache_vs_dense_effective_tokens_per_s"] = (
+                rows[f"cart_{lay}_cache"]["tokens_per_s"] / rows["dense_effective"]["tokens_per_s"])
         out["batches"][str(bs)] = {"contenders": rows, "ratios": ratios}
     return out
 
@@ -382,11 +384,11 @@ def _decode_cpu_tokens_per_s(model, bs: int, prompt_len: int, new: int, device: 
 
 
 def expected_cache_bytes_per_token(cfg: ModelConfig, elem: int = 4, mla_layout: str = "latent") -> int:
-    """What SPEC §1 says each model caches per token: per MLA layer its latent (d/4; rotated K and V,
-    2d, with mla_layout="kv"), for CART's prelude and coda (and each loop of a self-attention core)
+    """What SPEC §1 says each model caches per token: per MLA layer its latent (d/4; plus the rotated
+    K, d + d/4, with mla_layout="latent_k"; rotated K and V, 2d, with "kv"), for CART's prelude and coda (and each loop of a self-attention core)
     plus the anchor K/V once (R times when unfrozen); full K and V per layer for dense MHA."""
     d = cfg.d_model
-    mla = d // 4 if mla_layout == "latent" else 2 * d
+    mla = {"latent": d // 4, "latent_k": d + d // 4, "kv": 2 * d}[mla_layout]
     if isinstance(cfg, CARTConfig):
         n = (cfg.n_prelude + 1) * mla
         if cfg.uses_anchor:
@@ -413,7 +415,8 @@ def suite_cache(bench: Bench) -> dict:
     idx = torch.randint(0, V, (1, prompt), generator=torch.Generator().manual_seed(0)).to(bench.device)
     for k, cfg in cfgs.items():
         model = build_model(cfg).to(bench.device).eval()
-        for name, layout in ((k, "latent"),) + ((("cart_kv_cache", "kv"),) if k == "cart" else ()):
+        extra = (("cart_latent_k_cache", "latent_k"), ("cart_kv_cache", "kv")) if k == "cart" else ()
+        for name, layout in ((k, "latent"),) + extra:
             cache = DecodeCache(1, prompt, layout)
             with torch.no_grad():
                 model(idx, cache=cache)
@@ -425,7 +428,7 @@ def suite_cache(bench: Bench) -> dict:
     return {"status": "ok", "label": f"d={d} V={V} P6 R6 fp32, prefill {prompt} tokens, batch 1",
             "contenders": rows,
             "ratios": {f"{b}_over_cart": rows[b]["cache_bytes_per_token"] / c
-                       for b in ("dense_stored", "dense_effective", "cart_unfrozen_kv", "cart_kv_cache")}}
+                       for b in ("dense_stored", "dense_effective", "cart_unfrozen_kv", "cart_latent_k_cache", "cart_kv_cache")}}
 
 
 # ---------------------------------------------------------------------------------------------

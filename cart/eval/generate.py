@@ -84,8 +84,9 @@ def generate(
 
     on_token(step, tokens) receives the new token of every sequence after each step.
     A prompt longer than the model's context raises, unless truncate=True keeps its last tokens.
-    mla_layout: what MLA layers cache, "latent" (d/4 per token) or "kv" (rotated K and V: 8x the
-    bytes, no per-step re-projection of K); see `cart.model.cache`. Same tokens either way.
+    mla_layout: what MLA layers cache: "latent" (d/4 per token), "latent_k" (plus the rotated K:
+    5x the bytes) or "kv" (rotated K and V: 8x); the last two skip the per-step re-projection of K
+    (`cart.model.cache`). Same tokens every way.
     """
     if device is None:
         device = next(model.parameters()).device

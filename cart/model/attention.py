@@ -65,10 +65,19 @@ class MLASelfAttention(nn.Module):
         start = cache.pos if cache is not None else 0
         q, c = self.w_q_down(x).split((self.d, self.d_latent), dim=-1)
         q = self.rotary(_heads(q, self.n_heads), start)
-        if cache is not None and cache.mla_layout == "kv":  # cache the rotated K and V of new tokens only
+        layout = cache.mla_layout if cache is not None else None
+        if layout == "kv":  # cache the rotated K and V of the new tokens only
             k, v = self.w_kv_up(c).split(self.d, dim=-1)
             k, v = cached_kv(cache, key, self.rotary(_heads(k, self.n_heads), start), _heads(v, self.n_heads))
             return self.w_o(_merge(causal_attend(q, k, v)))
+        if layout == "latent_k":  # the rotated K of the new tokens, plus the latent; V absorbed
+            w_k = self.w_kv_up.weight[: self.d]
+            k = self.rotary(_heads(F.linear(c, w_k), self.n_heads), start)
+            k = cache.extend(key + ".k", k.transpose(1, 2)).transpose(1, 2)
+            c = cache.extend(key, c)
+            # softmax(q kᵀ) applied to the latents (shared by all heads: an expanded view, not a copy)
+            lat = causal_attend(q, k, c[:, None].expand(-1, self.n_heads, -1, -1))  # [B, H, Tq, d/4]
+            return self.w_o(_merge(self._absorb_v(lat)))
         if cache is not None:
             c = cache.extend(key, c)
             if x.shape[1] == 1:
@@ -91,8 +100,7 @@ class MLASelfAttention(nn.Module):
         of W_vup maps its d/4-wide result to D."""
         B, H, _, D = q.shape
         Tk, L, h = c.shape[1], self.d_latent, D // 2
-        w_k, w_v = self.w_kv_up.weight.to(c.dtype).split(self.d, dim=0)  # [d, L] each
-        W = w_k.view(1, H, 2, h, L)
+        W = self.w_kv_up.weight[: self.d].to(c.dtype).view(1, H, 2, h, L)  # W_kup, rows by head and half
         W1, W2 = W[:, :, 0], W[:, :, 1]  # rows f and f + D/2 of each head: [1, H, h, L]
         qs = (q.to(c.dtype) * D ** -0.5).reshape(B, H, 2, h, 1)  # the softmax scale, on the small side
         q1, q2 = qs[:, :, 0], qs[:, :, 1]  # [B, H, h, 1]
@@ -105,8 +113,15 @@ class MLASelfAttention(nn.Module):
         scores = G.mul_(trig).sum(-1)  # [B, Tk, H]
         att = torch.softmax(scores, dim=1)
         lat = torch.bmm(att.transpose(1, 2), c)  # [B, H, L]: all heads share the latents
-        w_v = w_v.view(H, D, L).transpose(1, 2)  # [H, L, D]
-        return torch.bmm(lat.transpose(0, 1), w_v).transpose(0, 1).unsqueeze(2).to(q.dtype)  # [B, H, 1, D]
+        return self._absorb_v(lat.unsqueeze(2)).to(q.dtype)  # [B, H, 1, D]
+
+    def _absorb_v(self, lat: torch.Tensor) -> torch.Tensor:
+        """Attention-weighted latents [B, H, Tq, d/4] -> each head's output [B, H, Tq, D] through its
+        block of W_vup (one bmm over heads; V = W_vup c is never formed)."""
+        B, H, Tq, L = lat.shape
+        w_v = self.w_kv_up.weight[self.d:].to(lat.dtype).view(H, -1, L).transpose(1, 2)  # [H, L, D]
+        y = torch.bmm(lat.transpose(0, 1).reshape(H, B * Tq, L), w_v)  # [H, B*Tq, D]
+        return y.view(H, B, Tq, -1).transpose(0, 1)
 
 
 def cached_kv(cache: DecodeCache, key: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

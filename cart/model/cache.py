@@ -8,8 +8,12 @@ token), the CART anchor stores K/V once for all loops, dense MHA stores full K a
 - "latent" (default, SPEC §1): the d/4 latent only. Each decode step re-projects K = W_kup c for
   every cached position (RoPE acts on the up-projected K, so W_kup cannot be absorbed into the
   query the way W_vup is): 2·Tk·(d/4)·d FLOPs per layer and sequence on top of the attention.
+- "latent_k": the latent and the rotated K (d + d/4, 5x the latent): no re-projection; V stays
+  absorbed (the softmax weights act on the latents, then W_vup per head).
 - "kv": the rotated K and the V of every position (2d per token, like MHA, 8x the latent): no
   re-projection, so a decode step costs what a dense layer's does.
+Every layout gives the same logits (tests/eval/test_cache.py); they differ in bytes and speed
+(results/bench/PERF.md).
 A cache also memoises values that depend only on the parameters (CART's loop constants), which
 are fixed for the life of one generation.
 """
@@ -19,7 +23,7 @@ from typing import Callable
 
 import torch
 
-MLA_LAYOUTS = ("latent", "kv")
+MLA_LAYOUTS = ("latent", "latent_k", "kv")
 
 
 class DecodeCache:

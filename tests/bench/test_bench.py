@@ -64,15 +64,17 @@ def test_generate():
     res, s = _run("generate")
     for bs in ("1", "8"):
         e = s["batches"][bs]
-        assert set(e["contenders"]) == CONTENDERS | {"cart_kv_cache"}
+        assert set(e["contenders"]) == CONTENDERS | {"cart_latent_k_cache", "cart_kv_cache"}
         for c in e["contenders"].values():
             assert _pos(c["tokens_per_s"]) and _pos(c["cache_bytes_per_token"])
         assert _pos(e["ratios"]["cart_vs_dense_effective_tokens_per_s"])
         assert _pos(e["ratios"]["cart_kv_cache_vs_dense_effective_tokens_per_s"])
-        # the same model, caching rotated K/V instead of the latent, holds more bytes
-        assert e["contenders"]["cart_kv_cache"]["cache_bytes_per_token"] > e["contenders"]["cart"]["cache_bytes_per_token"]
+        # the same model, caching rotated K (and V) beside or instead of the latent, holds more bytes
+        b = {k: e["contenders"][k]["cache_bytes_per_token"] for k in ("cart", "cart_latent_k_cache", "cart_kv_cache")}
+        assert b["cart"] < b["cart_latent_k_cache"] < b["cart_kv_cache"]
     ids = {t["id"] for t in targets(res)}
-    assert {"decode_b8_vs_dense_effective", "decode_b8_vs_dense_effective_kv_cache"} <= ids
+    assert {"decode_b8_vs_dense_effective", "decode_b8_vs_dense_effective_latent_k_cache",
+            "decode_b8_vs_dense_effective_kv_cache"} <= ids
 
 
 def test_cache_matches_spec():
@@ -94,6 +96,7 @@ def test_expected_cache_bytes_at_paper_width():
     assert expected_cache_bytes_per_token(cfgs["dense_effective"]) / cart >= 5
     # rotated K/V per MLA layer instead of the latent: 7 x 2d + anchor 2d
     assert expected_cache_bytes_per_token(cfgs["cart"], mla_layout="kv") == (7 * 2048 + 2 * 1024) * 4
+    assert expected_cache_bytes_per_token(cfgs["cart"], mla_layout="latent_k") == (7 * 1280 + 2 * 1024) * 4
 
 
 def test_data(tmp_path):

@@ -24,7 +24,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 @pytest.mark.parametrize("chunks", [[9, 1, 1, 5, 1, 3], [1] * 20])
-@pytest.mark.parametrize("layout", ["latent", "kv"])
+@pytest.mark.parametrize("layout", ["latent", "latent_k", "kv"])
 def test_cached_decoding_matches_full_forward(name, chunks, layout):
     model = VARIANTS[name]()
     idx = torch.randint(0, 258, (2, sum(chunks)))
@@ -81,7 +81,7 @@ def test_cache_bytes_per_token_for_both_mla_layouts(name):
 
     model = VARIANTS[name]()
     idx = torch.randint(0, 258, (1, 6))
-    for layout in ("latent", "kv"):
+    for layout in ("latent", "latent_k", "kv"):
         cache = DecodeCache(1, 6, layout)
         with torch.no_grad():
             model(idx, cache=cache)

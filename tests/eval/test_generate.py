@@ -7,7 +7,7 @@ from tests.eval.helpers import ByteTokenizer, tiny_cart, tiny_dense
 
 
 @pytest.mark.parametrize("make", [tiny_cart, lambda: tiny_cart(fidelity="paper"), tiny_dense])
-@pytest.mark.parametrize("layout", ["latent", "kv"])
+@pytest.mark.parametrize("layout", ["latent", "latent_k", "kv"])
 def test_greedy_generation_equals_uncached_argmax(make, layout):
     model = make()
     prompt = [256] + list(b"Once upon")
