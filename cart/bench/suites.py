@@ -266,6 +266,8 @@ def _ratios(res: dict, flops_key: str) -> dict:
         out[f"cart_vs_{base}_flops_per_s"] = rows["cart"]["flops_per_step"] / rows[base]["flops_per_step"] / tr
     tr = m.paired_ratio("cart_unfrozen_kv", "cart")
     out["unfrozen_over_cart_time"] = tr
+    per_round = m.paired_ratios("cart_unfrozen_kv", "cart")  # the spread says whether 1-2 % is resolved
+    out["unfrozen_over_cart_time_range"] = [min(per_round), max(per_round)]
     out["unfrozen_over_cart_flops"] = rows["cart_unfrozen_kv"]["flops_per_step"] / rows["cart"]["flops_per_step"]
     return out
 

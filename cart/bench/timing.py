@@ -104,14 +104,18 @@ class Measurement:
     timings: dict[str, Timing]
     rounds: int
 
-    def paired_ratio(self, num: str, den: str) -> float:
-        """Median over rounds of time(num) / time(den), using clean rounds when there are enough."""
+    def paired_ratios(self, num: str, den: str) -> list[float]:
+        """time(num) / time(den) of each round, clean rounds only when there are enough."""
         a, b = self.timings[num], self.timings[den]
         n = min(len(a.samples_s), len(b.samples_s))
         ca, cb = set(a._clean_idx()), set(b._clean_idx())
         clean = [i for i in range(n) if i in ca and i in cb]
         idx = clean if len(clean) >= a.min_clean else list(range(n))
-        return statistics.median(a.samples_s[i] / b.samples_s[i] for i in idx)
+        return [a.samples_s[i] / b.samples_s[i] for i in idx]
+
+    def paired_ratio(self, num: str, den: str) -> float:
+        """Median over rounds of time(num) / time(den), using clean rounds when there are enough."""
+        return statistics.median(self.paired_ratios(num, den))
 
     def summary(self) -> dict:
         return {k: t.summary() for k, t in self.timings.items()}

@@ -55,6 +55,8 @@ def test_train_and_forward(suite):
               "unfrozen_over_cart_time", "unfrozen_over_cart_flops"):
         assert _pos(r[f]), f
     assert r["unfrozen_over_cart_flops"] > 1  # recomputing K/V every loop costs FLOPs
+    lo, hi = r["unfrozen_over_cart_time_range"]
+    assert lo <= r["unfrozen_over_cart_time"] <= hi
     if suite == "train":
         ids = {t["id"] for t in targets(res)}
         assert {"train_flops_vs_dense", "train_faster_than_unfrozen", "train_mfu_cart"} <= ids

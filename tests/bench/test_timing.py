@@ -26,6 +26,9 @@ def test_paired_ratio_uses_same_round():
     a = Timing("a", samples_s=[2.0, 4.0, 6.0], foreign_cores=[0, 0, 0])
     b = Timing("b", samples_s=[1.0, 2.0, 3.0], foreign_cores=[0, 0, 0])
     assert Measurement({"a": a, "b": b}, 3).paired_ratio("a", "b") == 2.0
+    c = Timing("c", samples_s=[1.0, 8.0, 2.0], foreign_cores=[0, 0, 0])
+    m = Measurement({"a": a, "c": c}, 3)
+    assert m.paired_ratios("a", "c") == [2.0, 0.5, 3.0] and m.paired_ratio("a", "c") == 2.0
 
 
 def test_foreign_load_reading(monkeypatch):
