@@ -73,7 +73,7 @@ class MLASelfAttention(nn.Module):
         if layout == "latent_k":  # the rotated K of the new tokens, plus the latent; V absorbed
             w_k = self.w_kv_up.weight[: self.d]
             k = self.rotary(_heads(F.linear(c, w_k), self.n_heads), start)
-            k = cache.extend(key + ".k", k.transpose(1, 2)).transpose(1, 2)
+            k = cached_heads(cache, key + ".k", k)
             c = cache.extend(key, c)
             # softmax(q kᵀ) applied to the latents (shared by all heads: an expanded view, not a copy)
             lat = causal_attend(q, k, c[:, None].expand(-1, self.n_heads, -1, -1))  # [B, H, Tq, d/4]
@@ -124,12 +124,15 @@ class MLASelfAttention(nn.Module):
         return y.view(H, B, Tq, -1).transpose(0, 1)
 
 
+def cached_heads(cache: DecodeCache, key: str, x: torch.Tensor) -> torch.Tensor:
+    """Append the new positions of a per-head tensor x [B, H, T, D] to the cache; return all of them.
+    Stored [B, T, H, D], so the time axis is dim 1 and a step writes one contiguous row per sequence."""
+    return cache.extend(key, x.transpose(1, 2)).transpose(1, 2)
+
+
 def cached_kv(cache: DecodeCache, key: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append the new positions' K and V ([B, H, T, D]) to the cache and return all of them. Stored
-    [B, T, H, D], so the time axis is dim 1 and a step writes one contiguous row per sequence."""
-    k = cache.extend(key + ".k", k.transpose(1, 2)).transpose(1, 2)
-    v = cache.extend(key + ".v", v.transpose(1, 2)).transpose(1, 2)
-    return k, v
+    """Append the new positions' K and V ([B, H, T, D]) to the cache and return all of them."""
+    return cached_heads(cache, key + ".k", k), cached_heads(cache, key + ".v", v)
 
 
 class AnchorKV(nn.Module):
