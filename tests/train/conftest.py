@@ -1,5 +1,6 @@
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(quiet)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
+@contextmanager
+def one_thread():
     """Tiny models: one thread is faster than two and immune to a busy second core; subprocesses
     get OMP_NUM_THREADS=1 too, so in-process and subprocess runs do the same arithmetic."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():  # module-scoped fixtures use `with one_thread():` themselves
+        yield
 
 
 @pytest.fixture(scope="session")

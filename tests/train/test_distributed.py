@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from cart.checkpoint import resolve_checkpoint
 from cart.train import train
 
-from .conftest import subprocess_env, train_argv
+from .conftest import one_thread, subprocess_env, train_argv
 
 RUN = dict(steps=6, batch_size=4, grad_accum=2, seq_len=32, log_every=1, ckpt_every=3, final_eval_tokens=256)
 
@@ -44,12 +44,8 @@ def single(smoke_data, tmp_path_factory):
     from cart.train import TrainConfig
     cfg = TrainConfig.from_preset("smoke", data=str(smoke_data), out_dir=str(tmp_path_factory.mktemp("single") / "run"),
                                   eval_every=0, peak_flops=1e11, tensorboard=False, **RUN)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         train(cfg)
-    finally:
-        torch.set_num_threads(threads)
     return cfg
 
 

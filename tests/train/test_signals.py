@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from cart.checkpoint import resolve_checkpoint
 from cart.train import train
 
-from .conftest import subprocess_env, train_argv
+from .conftest import one_thread, subprocess_env, train_argv
 
 # variable R with truncated backprop, gradient accumulation and a warmup/cosine schedule: every
 # piece of state (weights, AdamW moments, loader position, loop sampler, step) must survive the kill
@@ -27,13 +27,8 @@ def reference(smoke_data, tmp_path_factory):
     from cart.train import TrainConfig
     cfg = TrainConfig.from_preset("smoke", data=str(smoke_data), out_dir=str(tmp_path_factory.mktemp("ref") / "run"),
                                   eval_every=0, final_eval_tokens=256, peak_flops=1e11, tensorboard=False, **RUN)
-    with torch.random.fork_rng():
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            train(cfg)
-        finally:
-            torch.set_num_threads(threads)
+    with torch.random.fork_rng(), one_thread():
+        train(cfg)
     return load_file(str(resolve_checkpoint(cfg.out_dir) / "model.safetensors"))
 
 
