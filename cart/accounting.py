@@ -5,6 +5,11 @@ model's parameters for every variant, and against the paper's published values.
 
 Conventions:
 - stored    = every unique parameter, the tied embedding counted once;
+- ablations: by default only parameters the ablated model has and uses are counted (the built model
+  has no unused parameter: `cart params` agrees with `model.num_params()`). `count_unused=True`
+  counts as the published code does, which builds the gate vector (d), the hyper-connection weights
+  (3) and the loop-index projection (32d) whatever its disable flags say
+  (`cart params --count-unused`);
 - effective = stored + the parameters that run again on every extra loop: (R - 1) * N_core for a
   shared core (+ (R - 1) * KV when K/V are recomputed each loop), (n_layers - 1) * L for a shared
   homogeneous stack;
@@ -52,7 +57,9 @@ class Accounting:
         return asdict(self)
 
 
-def stored_params(cfg: ModelConfig) -> int:
+def stored_params(cfg: ModelConfig, count_unused: bool = False) -> int:
+    """Unique parameters. count_unused: also the gate, blend and loop-index parameters an ablation
+    leaves unused (the published code's convention)."""
     d, V, f = cfg.d_model, cfg.vocab_size, cfg.d_ff
     if isinstance(cfg, DenseConfig):
         n_unique = 1 if cfg.share_layers else cfg.n_layers
@@ -62,20 +69,20 @@ def stored_params(cfg: ModelConfig) -> int:
         n += kv_params(d)
     n += cfg.n_core_blocks * core_params(cfg)
     n += d  # final norm
-    n += d if cfg.lti_gate else 0
-    n += cfg.loop_embed_dim * d if cfg.loop_embedding else 0
-    n += 3 if cfg.hyper_connections else 0
+    n += d if (cfg.lti_gate or count_unused) else 0
+    n += cfg.loop_embed_dim * d if (cfg.loop_embedding or count_unused) else 0
+    n += 3 if (cfg.hyper_connections or count_unused) else 0
     return n
 
 
-def effective_params(cfg: ModelConfig, n_loops: int | None = None) -> int:
+def effective_params(cfg: ModelConfig, n_loops: int | None = None, count_unused: bool = False) -> int:
     """Stored + what extra loops re-run. n_loops overrides R (or the shared depth) for inference."""
     if isinstance(cfg, DenseConfig):
         depth = cfg.n_layers if n_loops is None else n_loops
         d, V = cfg.d_model, cfg.vocab_size
         return V * d + depth * _layer_params(d, cfg.d_ff, cfg.attention) + d
     R = cfg.n_loops if n_loops is None else n_loops
-    n = stored_params(cfg)
+    n = stored_params(cfg, count_unused)
     if cfg.share_core:
         n += (R - 1) * core_params(cfg)
     if cfg.uses_anchor and not cfg.freeze_kv:
@@ -102,9 +109,10 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int, n_loops: int | None 
     return flops + head
 
 
-def account(cfg: ModelConfig, seq_len: int | None = None, n_loops: int | None = None, include_head: bool = True, causal: bool = False) -> Accounting:
+def account(cfg: ModelConfig, seq_len: int | None = None, n_loops: int | None = None, include_head: bool = True,
+            causal: bool = False, count_unused: bool = False) -> Accounting:
     T = seq_len or cfg.max_seq_len
-    s, e = stored_params(cfg), effective_params(cfg, n_loops)
+    s, e = stored_params(cfg, count_unused), effective_params(cfg, n_loops, count_unused)
     fwd = forward_flops_per_token(cfg, T, n_loops, include_head, causal)
     if isinstance(cfg, CARTConfig):
         core, R = core_params(cfg), (cfg.n_loops if n_loops is None else n_loops)

@@ -82,7 +82,9 @@ class CARTConfig(_Common):
     share_core: bool = True  # False: R distinct core blocks ("unshared core")
     core_attention: Literal["cross", "self"] = "cross"  # "self": MLA self-attention core ("unshared self-attn core" with share_core=False)
     hyper_connections: bool = True  # False: h~ = latest state
-    lti_gate: bool = True  # False: plain residual h = u
+    # False: the gate with A fixed at 1 and no learned vector, as the published `disable_lti`:
+    # fidelity "paper" -> h = h~ + u = 2h~ + delta; "stable" -> h = h~ + delta = u (plain residual).
+    lti_gate: bool = True
     loop_embedding: bool = True  # False: no loop-index embedding
     # Width of the fixed sinusoidal loop-index code. The paper's table has 16 rows; here pe(r) is
     # computed for any r, so R is never capped (rows < 16 equal the paper's table exactly).

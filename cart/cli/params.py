@@ -14,14 +14,18 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_seq_len)")
     p.add_argument("--paper-flops", action="store_true", help="FLOPs in the paper's convention (no LM head)")
+    p.add_argument("--count-unused", action="store_true",
+                   help="count the gate, blend and loop-index parameters an ablation leaves unused, as the published code "
+                        "does (default: only parameters the model has and uses, equal to the built model's count)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     cfg = config_from_args(args)
-    acc = account(cfg, seq_len=args.seq_len, include_head=not args.paper_flops)
-    out = {"config": config_to_dict(cfg), "accounting": acc.to_dict()}
+    acc = account(cfg, seq_len=args.seq_len, include_head=not args.paper_flops, count_unused=args.count_unused)
+    out = {"config": config_to_dict(cfg), "accounting": acc.to_dict(),
+           "unused_parameters": "counted (published convention)" if args.count_unused else "not counted"}
     if isinstance(cfg, CARTConfig):
         out["parity"] = {t: parity(cfg, t).__dict__ for t in ("stored", "effective")}
     if args.json:
@@ -33,7 +37,7 @@ def run(args) -> int:
     rows = [
         ("model", kind),
         ("vocab", f"{cfg.vocab_size:,}"),
-        ("stored params", f"{acc.stored:,}"),
+        ("stored params", f"{acc.stored:,}" + (" (unused ablated parameters counted)" if args.count_unused else "")),
         ("effective params", f"{acc.effective:,}"),
         ("leverage", f"{acc.leverage:.3f}"),
         ("core block params" if isinstance(cfg, CARTConfig) else "layer params", f"{acc.core:,}"),

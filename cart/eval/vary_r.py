@@ -46,20 +46,13 @@ def adaptive_forward(
         raise ValueError(f"adaptive R needs a CART model, got {type(model).__name__}")
     if granularity not in ("token", "sequence"):
         raise ValueError(f"granularity must be 'token' or 'sequence', got {granularity!r}")
-    c = model.config
     R = model.resolve_loops(max_loops)
     e, kv = model.anchor_state(idx)
     states = [e, e, e]
     active = torch.ones(idx.shape + (1,), dtype=torch.bool, device=idx.device)
     used = torch.zeros(idx.shape, dtype=torch.float32, device=idx.device)
     for r in range(R):
-        h_tilde = model.hyper(states) if model.hyper is not None else states[0]
-        if model.loop_embed is not None:
-            h_tilde = h_tilde + model.loop_embed(r).to(h_tilde.dtype)
-        core = model.cores[0 if c.share_core else r]
-        kv_r = model.anchor(h_tilde) if (model.anchor is not None and not c.freeze_kv) else kv
-        u = core(h_tilde, kv_r)
-        h = model.gate(h_tilde, u) if model.gate is not None else u
+        h, kv = model.loop_step(r, states, kv)
         prev = states[0]
         rel = (h - prev).float().norm(dim=-1) / prev.float().norm(dim=-1).clamp_min(1e-12)  # [B, T]
         new = [h, states[0], states[1]]

@@ -27,7 +27,7 @@ from cart.model.attention import AnchorKV, MLASelfAttention, cached_kv
 from cart.model.blocks import Block
 from cart.model.cache import DecodeCache
 from cart.model.layers import RMSNorm, Rotary, cross_entropy, init_weights
-from cart.model.recurrence import CoreBlock, HyperBlend, LoopIndexEmbedding, LTIGate
+from cart.model.recurrence import CoreBlock, FixedGate, HyperBlend, LoopIndexEmbedding, LTIGate
 
 
 class CART(nn.Module):
@@ -44,7 +44,8 @@ class CART(nn.Module):
         )
         self.hyper = HyperBlend(c.fidelity, c.hyper_init_gap) if c.hyper_connections else None
         self.loop_embed = LoopIndexEmbedding(d, c.loop_embed_dim) if c.loop_embedding else None
-        self.gate = LTIGate(d, c.gate_init, c.fidelity) if c.lti_gate else None
+        # no gate = the gate with A fixed at 1 (FixedGate), in both fidelities as the published ablation
+        self.gate = LTIGate(d, c.gate_init, c.fidelity) if c.lti_gate else FixedGate(c.fidelity)
         self.coda = Block(d, f, MLASelfAttention(d, dl, self.rotary), c.norm_eps)
         self.norm = RMSNorm(d, c.norm_eps)
         init_weights(self, c.init_std)
@@ -87,19 +88,7 @@ class CART(nn.Module):
         states = [e, e, e]  # ring buffer of the last 3 loop states, newest first
         deltas = []
         for r in range(R):
-            if cache is None:  # each per-loop module runs once per loop (TruncatedBackprop hooks on that)
-                lie, blend_w, gate_coef = (self.loop_embed(r) if self.loop_embed is not None else None), None, None
-            else:  # decoding: functions of the parameters only, computed once per generation
-                lie, blend_w, gate_coef = cache.memo(("loop", r), lambda r=r: self.loop_constants(r))
-            if self.hyper is not None:
-                h_tilde = self.hyper(states, lie, blend_w)  # blend and loop-index embedding in one pass
-            else:
-                h_tilde = states[0] if lie is None else states[0] + lie.to(states[0].dtype)
-            core = self.cores[0 if c.share_core else r]
-            if self.anchor is not None and not c.freeze_kv:
-                kv = self._anchor_kv(h_tilde, cache, f"loop{r}.anchor")  # ablation: recompute every loop
-            u = core(h_tilde, kv, cache, f"core{r}")
-            h = self.gate(h_tilde, u, gate_coef) if self.gate is not None else u
+            h, kv = self.loop_step(r, states, kv, cache)
             if stats is not None:
                 deltas.append((h - states[0]).float().norm())
             states = [h, states[0], states[1]]
@@ -114,11 +103,30 @@ class CART(nn.Module):
             stats["contraction"] = dn[1:] / dn[:-1].clamp_min(1e-30)
         return logits
 
+    def loop_step(self, r: int, states: list[torch.Tensor], kv, cache: DecodeCache | None = None):
+        """Loop r of the recurrence on the ring buffer `states` (newest first): blend + loop-index
+        embedding -> core (cross-attending to `kv`) -> gate. Returns (h, kv); kv is recomputed from
+        h~ only in the unfrozen-K/V ablation. The one definition of a loop iteration, used by the
+        forward pass, the loop diagnostics and adaptive R."""
+        c = self.config
+        if cache is None:  # each per-loop module runs once per loop (TruncatedBackprop hooks on that)
+            lie, blend_w, gate_coef = (self.loop_embed(r) if self.loop_embed is not None else None), None, None
+        else:  # decoding: functions of the parameters only, computed once per generation
+            lie, blend_w, gate_coef = cache.memo(("loop", r), lambda: self.loop_constants(r))
+        if self.hyper is not None:
+            h_tilde = self.hyper(states, lie, blend_w)  # blend and loop-index embedding in one pass
+        else:
+            h_tilde = states[0] if lie is None else states[0] + lie.to(states[0].dtype)
+        if self.anchor is not None and not c.freeze_kv:
+            kv = self._anchor_kv(h_tilde, cache, f"loop{r}.anchor")  # ablation: recompute every loop
+        u = self.cores[0 if c.share_core else r](h_tilde, kv, cache, f"core{r}")
+        return self.gate(h_tilde, u, gate_coef), kv
+
     def loop_constants(self, r: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Loop r's loop-index embedding, blend weights and gate coefficient (None where ablated)."""
         return (self.loop_embed(r) if self.loop_embed is not None else None,
                 self.hyper.weights() if self.hyper is not None else None,
-                self.gate.coefficient() if self.gate is not None else None)
+                self.gate.coefficient())
 
     def anchor_state(self, idx: torch.Tensor, cache: DecodeCache | None = None):
         """Embed + prelude -> the anchor e, and its frozen K/V (computed ONCE, reused by every loop;
@@ -140,11 +148,12 @@ class CART(nn.Module):
     # ------------------------------------------------------------------ diagnostics (no training code needed)
     @torch.no_grad()
     def gate_stats(self) -> dict[str, torch.Tensor]:
-        """rho_gate = max_i sigmoid(a_i) (the paper's "spectral radius") plus min/mean. Empty without a gate."""
-        if self.gate is None:
+        """rho_gate = max_i sigmoid(a_i) (the paper's "spectral radius") plus min/mean/std. Empty
+        without a learned gate."""
+        if not isinstance(self.gate, LTIGate):
             return {}
         A = torch.sigmoid(self.gate.a.float())
-        return {"rho_gate": A.max(), "gate_min": A.min(), "gate_mean": A.mean()}
+        return {"rho_gate": A.max(), "gate_min": A.min(), "gate_mean": A.mean(), "gate_std": A.std(unbiased=False)}
 
     @torch.no_grad()
     def hyper_weights(self) -> torch.Tensor | None:
@@ -153,10 +162,11 @@ class CART(nn.Module):
 
     def carried_state_coefficient(self) -> torch.Tensor:
         """Per-channel coefficient on h~ in the loop update when the core's update is held fixed:
-        A (stable), 1 + A (paper), 1 (no gate: plain residual u = h~ + delta)."""
-        if self.gate is None:
-            return torch.ones(self.config.d_model)
-        A = torch.sigmoid(self.gate.a.detach().float())
+        A (stable), 1 + A (paper); without a learned gate A = 1: 1 (stable) or 2 (paper)."""
+        if isinstance(self.gate, LTIGate):
+            A = torch.sigmoid(self.gate.a.detach().float())
+        else:
+            A = torch.ones(self.config.d_model)
         return 1 + A if self.config.fidelity == "paper" else A
 
     def no_decay_parameter_names(self) -> set[str]:

@@ -29,31 +29,20 @@ def loop_jacobian_norm(model: CART, idx: torch.Tensor, n_loops: int | None = Non
     """Estimate ||J||_2 of the loop step at the last loop state (power iteration on J^T J)."""
     if not isinstance(model, CART):
         raise TypeError("loop_jacobian_norm applies to CART models")
-    c = model.config
     R = model.resolve_loops(n_loops)
     with torch.no_grad():
         e, kv = model.anchor_state(idx)
         states = [e, e, e]
-        # run R-1 loops to reach the state the last loop starts from
-        for r in range(R):
-            h_tilde = model.hyper(states) if model.hyper is not None else states[0]
-            if model.loop_embed is not None:
-                h_tilde = h_tilde + model.loop_embed(r)
-            core = model.cores[0 if c.share_core else r]
-            kv_r = model.anchor(h_tilde) if (model.anchor is not None and not c.freeze_kv) else kv
-            u = core(h_tilde, kv_r)
-            h = model.gate(h_tilde, u) if model.gate is not None else u
+        for r in range(R):  # all R loops: the Jacobian is taken at the final loop state
+            h, kv = model.loop_step(r, states, kv)
             states = [h, states[0], states[1]]
-    r_last = R - 1
-    core = model.cores[0 if c.share_core else r_last]
+        h0 = states[0]
 
     def step(h: torch.Tensor) -> torch.Tensor:
-        h_tilde = h + model.loop_embed(r_last) if model.loop_embed is not None else h
-        kv_r = model.anchor(h_tilde) if (model.anchor is not None and not c.freeze_kv) else kv
-        u = core(h_tilde, kv_r)
-        return model.gate(h_tilde, u) if model.gate is not None else u
+        # loop R-1's map with the blend collapsed onto one state (the weights sum to 1: blend([h, h, h]) = h)
+        return model.loop_step(R - 1, [h, h, h], kv)[0]
 
-    h0 = states[0].detach()
+    h0 = h0.detach()
     g = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(h0.shape, generator=g).to(h0)
     v = v / v.norm()

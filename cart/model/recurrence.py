@@ -3,6 +3,8 @@
 Fidelity lives here and only here (SPEC §6):
 - gate, "stable": h = A*h~ + (u - h~): the carried state is multiplied by A = sigmoid(a) < 1.
   gate, "paper": h = A*h~ + u = (1 + A)*h~ + delta (the published double residual).
+- no gate (the ablation) is the same gate with A fixed at 1, as the published code's `disable_lti`:
+  "paper": h = h~ + u = 2*h~ + delta; "stable": h = h~ + delta = u (the plain residual).
 - hyper blend, "stable": softmax logits [0, -gap, -gap] -> the pure residual [1, 0, 0] to fp32
   precision; convex at all times, so the carried-state gain stays <= max A < 1.
   hyper blend, "paper": softmax([1, 0, 0]) = [0.576, 0.212, 0.212], as published.
@@ -67,6 +69,24 @@ class LTIGate(nn.Module):
         """One fused multiply-add over the state; `coefficient` may be given precomputed (decoding)."""
         coef = self.coefficient() if coefficient is None else coefficient
         return torch.addcmul(u, coef.to(u.dtype), h_tilde)
+
+
+class FixedGate(nn.Module):
+    """The "no LTI gate" ablation: the gate with A fixed at 1 and no parameter.
+
+    paper:  h = 1*h~ + u          = 2 h~ + delta  (the published `disable_lti`)
+    stable: h = 1*h~ + (u - h~)   = u             (the plain residual)
+    """
+
+    def __init__(self, fidelity: str):
+        super().__init__()
+        self.fidelity = fidelity
+
+    def coefficient(self) -> None:
+        return None  # nothing learned: nothing to precompute for decoding
+
+    def forward(self, h_tilde: torch.Tensor, u: torch.Tensor, coefficient: None = None) -> torch.Tensor:
+        return u + h_tilde if self.fidelity == "paper" else u
 
 
 class HyperBlend(nn.Module):

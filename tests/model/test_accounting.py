@@ -87,3 +87,15 @@ def test_parity_solver_picks_nearest_depth():
         assert abs(m.dense_params - m.target_params) <= min(abs(m.below[1] - m.target_params), abs(m.above[1] - m.target_params))
     with pytest.raises(ValueError, match="parity target"):
         parity(cfg, "flops")
+
+
+@pytest.mark.parametrize("ablation,unused", [({"lti_gate": False}, 128), ({"hyper_connections": False}, 3),
+                                             ({"loop_embedding": False}, 32 * 128), ({}, 0)])
+def test_count_unused_adds_what_the_published_code_keeps(ablation, unused):
+    """Default: what the ablated model has (== the built model); count_unused: + the parameters the
+    published code constructs whatever its disable flags (gate d, blend 3, loop-index 32d)."""
+    cfg = CONFIGS["stable"].replace(**ablation)
+    full = CONFIGS["stable"]
+    assert stored_params(cfg) == build_model(cfg).num_params()
+    assert stored_params(cfg, count_unused=True) == stored_params(cfg) + unused == stored_params(full)
+    assert effective_params(cfg, count_unused=True) - effective_params(cfg) == unused

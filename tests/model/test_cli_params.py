@@ -24,3 +24,13 @@ def test_params_bad_flag_is_one_clear_line(capsys):
     assert "--n-layers" in err and "cart model" in err and "Traceback" not in err
     assert main(["params", "--d-model", "100"]) == 2
     assert "d_model" in capsys.readouterr().err
+
+
+def test_params_count_unused_flag(capsys):
+    base = ["params", "--d-model", "256", "--n-prelude", "6", "--n-loops", "6", "--vocab-size", "32000", "--json"]
+    assert main(base + ["--lti-gate", "false"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert main(base + ["--lti-gate", "false", "--count-unused"]) == 0
+    counted = json.loads(capsys.readouterr().out)
+    assert counted["accounting"]["stored"] - default["accounting"]["stored"] == 256
+    assert default["unused_parameters"] == "not counted" and counted["unused_parameters"].startswith("counted")

@@ -134,6 +134,28 @@ def test_fidelity_differs_exactly_in_gate_and_blend():
     assert diff == ["hyper.logits"]
 
 
+@pytest.mark.parametrize("fidelity", ["stable", "paper"])
+def test_no_gate_is_the_gate_with_A_fixed_at_1(fidelity):
+    """The no-LTI ablation as the published `disable_lti`: paper h = h~ + u (= 2h~ + delta), stable
+    h = h~ + delta = u; the whole model equals the gated one with sigmoid(a) = 1 to fp32."""
+    h, u = torch.randn(2, 3, 128), torch.randn(2, 3, 128)
+    torch.manual_seed(3)
+    nogate = build_model(CARTConfig(**BASE, fidelity=fidelity, lti_gate=False)).eval()
+    expected = u + h if fidelity == "paper" else u
+    assert torch.equal(nogate.gate(h, u), expected)
+    assert "gate.a" not in dict(nogate.named_parameters())
+    assert torch.equal(nogate.carried_state_coefficient(), torch.full((128,), 2.0 if fidelity == "paper" else 1.0))
+    assert nogate.gate_stats() == {}
+    gated = build_model(CARTConfig(**BASE, fidelity=fidelity)).eval()
+    sd = dict(nogate.state_dict())
+    sd["gate.a"] = torch.full((128,), 40.0)  # sigmoid(40) == 1.0 in fp32
+    gated.load_state_dict(sd)
+    assert torch.sigmoid(gated.gate.a).eq(1.0).all()
+    x = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        torch.testing.assert_close(nogate(x), gated(x), rtol=0, atol=1e-5)
+
+
 def test_stable_loop_contracts_paper_loop_does_not():
     """Measured at init: stable's loop map is (nearly) contractive, the published double residual is not."""
     torch.manual_seed(0)
