@@ -69,6 +69,19 @@ def register(sub) -> None:
                    help="adaptive halting per position (causal, default) or per whole sequence")
     v.set_defaults(func=run_vary_r)
 
+    n = esub.add_parser("ngram", help="n-gram floors: unigram and Kneser-Ney bigram on exactly the tokens a run trained on",
+                        description="Example: cart eval ngram runs/main  (or, for a planned run: cart eval ngram --data data/cpu "
+                                    "--steps 800 --batch-size 16 --seq-len 256). Writes RUN/ngram_floors.json for a run.")
+    n.add_argument("checkpoint", nargs="?", help="run dir or checkpoint dir (its trainer state fixes the tokens seen)")
+    n.add_argument("--data", default=None, help="prepared data dir (default: the run's)")
+    n.add_argument("--steps", type=int, default=None, help="without a run: loader steps (micro-batches) to count")
+    n.add_argument("--batch-size", type=int, default=None, help="without a run: global batch in sequences")
+    n.add_argument("--seq-len", type=int, default=None, help="without a run: training sequence length")
+    n.add_argument("--max-tokens", type=int, default=None, help="score only the first N predictions of each set")
+    n.add_argument("--out", default=None, help="write the floors JSON here (default for a run: RUN/ngram_floors.json)")
+    n.add_argument("--json", action="store_true", help="print the floors JSON instead of a table")
+    n.set_defaults(func=run_ngram)
+
     h = esub.add_parser("lm-eval", help="EleutherAI lm-eval-harness with the model 'cart' registered (needs the lm-eval extra)",
                         description="Runs the harness's own command line. Example: cart eval lm-eval -- --model cart "
                                     "--model_args checkpoint=runs/d256,n_loops=6 --tasks hellaswag --device cpu")
@@ -231,6 +244,50 @@ def run_vary_r(args) -> int:
                     log=None if args.json else (lambda m: print(m, file=sys.stderr)))
     result["config"] = {**_info(setup, args), "dtype": args.dtype}
     _emit(args, result, format_table(result))
+    return 0
+
+
+def run_ngram(args) -> int:
+    from cart.eval.loading import find_data_dir, load_manifest
+    from cart.eval.ngram import floors_for_loader_state
+    from cart.eval.perplexity import val_sets_from_manifest
+
+    planned = (args.steps, args.batch_size, args.seq_len)
+    if args.checkpoint:
+        if any(v is not None for v in planned):
+            raise CLIError("--steps/--batch-size/--seq-len describe a planned run; with a run dir they come from its checkpoint")
+        import torch
+
+        from cart.checkpoint import resolve_checkpoint
+        ckpt = resolve_checkpoint(args.checkpoint)
+        trainer_pt = ckpt / "trainer.pt"
+        if not trainer_pt.is_file():
+            raise CLIError(f"{ckpt}: no trainer.pt (a training checkpoint records which tokens the run saw)")
+        state = torch.load(trainer_pt, map_location="cpu", weights_only=True).get("loader")
+        if not isinstance(state, dict):
+            raise CLIError(f"{trainer_pt}: no loader state")
+        data_dir = args.data or find_data_dir(ckpt)
+        if data_dir is None:
+            raise CLIError("no data dir known for this run: pass --data PREPARED_DIR")
+        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+        out = args.out or str(run_dir / "ngram_floors.json")
+    else:
+        if any(v is None or v < 1 for v in planned) or not args.data:
+            raise CLIError("without a run dir, give --data, --steps, --batch-size and --seq-len (all positive)")
+        data_dir, out = args.data, args.out
+        state = {"step": args.steps, "global_batch": args.batch_size, "seq_len": args.seq_len}
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise CLIError(f"--max-tokens must be a positive integer, got {args.max_tokens}")
+    manifest = load_manifest(data_dir)
+    rep = floors_for_loader_state(manifest, state, val_sets_from_manifest(data_dir), args.max_tokens).to_dict()
+    rep["step"] = int(state["step"])
+    lines = [f"trained on {rep['train_tokens']:,} tokens (" + ", ".join(f"{d} {n:,}" for d, n in rep["domain_tokens"].items()) + ")",
+             "| set | tokens | unigram ppl | bigram KN ppl | bigram KN bits/byte | ood |", "|---|---|---|---|---|---|"]
+    for name, r in rep["sets"].items():
+        bpb = "-" if r["bigram_kn_bpb"] is None else f"{r['bigram_kn_bpb']:.4f}"
+        lines.append(f"| {name} | {r['tokens']:,} | {r['unigram_ppl']:.2f} | {r['bigram_kn_ppl']:.2f} | {bpb} | "
+                     f"{'yes' if r['out_of_domain'] else ''} |")
+    _emit(args, rep, "\n".join(lines))
     return 0
 
 

@@ -96,6 +96,19 @@ class TrainLoader:
         np.add.at(taken, self._slot_domain[:rest], 1)
         return taken
 
+    def seen_spans(self) -> list[tuple[str, np.ndarray, int, int]]:
+        """What all ranks trained on in steps 0 .. step-1, per domain, as (domain, token array, n, times):
+        the targets tokens[1 .. n], each given its predecessor, were seen `times` times (a domain that
+        wrapped contributes its whole epoch span once per full epoch, plus the partial epoch)."""
+        out = []
+        for d, f, taken, rpe in zip(self.domains, self._files, self._rows_consumed(), self._rows_per_epoch):
+            full, rest = divmod(int(taken), int(rpe))
+            if full:
+                out.append((d, f, int(rpe) * self.seq_len, full))
+            if rest:
+                out.append((d, f, rest * self.seq_len, 1))
+        return out
+
     @property
     def epochs_completed(self) -> dict[str, int]:
         """Full passes over each domain so far (all ranks together)."""

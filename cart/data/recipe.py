@@ -16,11 +16,11 @@ Schema (every key is checked; errors name the file and the field):
 
     [interleave]
     chunk_len = 256              # tokens per single-domain chunk: the intended training sequence length
-    cycle = { news-us = 3, speeches = 3, python-docs = 4 }   # chunks per domain in one cycle, in order
+    cycle = { news = 3, speeches = 3, python-docs = 4 }   # chunks per domain in one cycle, in order
 
     [[train]]                    # a training domain, with an in-domain held-out validation set
-    name = "news-us"
-    source = "news-us"           # a registry name, or {files = ...} / {hf = ...} / {synthetic = ...}
+    name = "news"
+    source = "news"           # a registry name, or {files = ...} / {hf = ...} / {synthetic = ...}
     val_tokens = 150_000         # optional; 0 = no held-out set
     train_tokens = 300_000_000   # optional cap on the training tokens
     max_bytes = 1_400_000_000    # optional cap on the text read from the source

@@ -110,6 +110,10 @@ class TrainConfig:
     eval_every: int = 500  # steps between validation passes; 0 = only at the end
     eval_tokens: int = 0  # predicted tokens per validation set on eval steps; 0 = the whole set
     final_eval_tokens: int = 0  # the same for the final evaluation in summary.json; 0 = the whole set
+    # n-gram floors: unigram and Kneser-Ney bigram counted on exactly the tokens the run has trained on,
+    # scored on the evaluation's tokens, beside the model's ppl: at the final evaluation (summary.json,
+    # ngram_floors.json), at every evaluation (metrics.jsonl too: how fast a model clears its floor), or off
+    ngram_floors: Literal["off", "final", "every_eval"] = "final"
     eval_batch_size: int = 0  # sequences per eval forward; 0 = batch_size
     log_every: int = 10  # the only steps that synchronise with the device
     ckpt_every: int = 500  # 0 = only at the end (and on SIGTERM/SIGINT)
@@ -210,6 +214,7 @@ _CHOICES = {
     "dtype": ("auto", "fp32", "bf16"),
     "parallel": ("ddp", "fsdp"),
     "nonfinite": ("stop", "skip"),
+    "ngram_floors": ("off", "final", "every_eval"),
 }
 
 

@@ -49,6 +49,8 @@ from cart.train.mfu import device_name, peak_flops
 from cart.train.optim import WarmupCosine, build_optimizer, skips_on_device
 
 SUMMARY = "summary.json"
+NGRAM_FLOORS = "ngram_floors.json"
+_FINAL_FIELDS = ("loss", "ppl", "bpb", "tokens", "out_of_domain", "unigram_ppl", "bigram_kn_ppl", "unigram_bpb", "bigram_kn_bpb")
 
 # Fields that must not change when a run resumes: they define the model, the data stream or the
 # optimisation trajectory. Everything else (steps, logging, eval, checkpoint cadence, device,
@@ -510,11 +512,17 @@ class Trainer:
         res = evaluate_perplexity(self.model, self.manifest, cfg.seq_len, max_tokens or None,
                                   cfg.eval_batch_size or self.local_batch, dtype=self.autocast)
         ev = {"step": step, "event": "eval", "final": final, "sets": res}
+        mode, floors = cfg.ngram_floors, None
+        if self.dist.is_main and (mode == "every_eval" or (final and mode == "final")):
+            floors = self._floors(max_tokens)
+            for name, r in res.items():
+                if name in floors["sets"]:
+                    r.update({f: floors["sets"][name][f] for f in ("unigram_ppl", "bigram_kn_ppl", "unigram_bpb", "bigram_kn_bpb")})
         jac = self._jacobian_norm()
         if jac is not None:
             ev["loop_jacobian_norm"] = jac
         self.metrics.log(ev)
-        return ev
+        return ev | {"floors": floors}
 
     def _jacobian_norm(self) -> float | None:
         """Power-iteration estimate of the loop map's Jacobian norm on one validation window (CART)."""
@@ -559,16 +567,25 @@ class Trainer:
             torch.distributed.barrier()
         return path
 
+    def _floors(self, max_tokens: int) -> dict | None:
+        """Unigram / Kneser-Ney bigram floors counted on the exact rows this run has trained on (all ranks)."""
+        from cart.eval.ngram import floors_for_loader
+        from cart.eval.perplexity import val_sets_from_manifest
+
+        return floors_for_loader(self.loader, val_sets_from_manifest(self.manifest.root), max_tokens or None).to_dict() \
+            | {"step": self.loader.step}
+
     def _finish(self, step: int, last_ckpt) -> dict:
         cfg = self.cfg
         ev = self._evaluate(step, cfg.final_eval_tokens, final=True)
+        floors = ev.pop("floors", None)
         last = getattr(self, "_last_train_event", {})
         gate = {k: float(v) for k, v in self.model.gate_stats().items()}
         tokens_run = (step - self.start_step) * cfg.tokens_per_step
         tps = tokens_run / self.train_time if self.train_time else None
         summary = {
             "status": "completed", "step": step, "tokens": step * cfg.tokens_per_step,
-            "final": {k: {m: v[m] for m in ("loss", "ppl", "bpb", "tokens", "out_of_domain")} for k, v in ev["sets"].items()},
+            "final": {k: {m: v[m] for m in _FINAL_FIELDS if m in v} for k, v in ev["sets"].items()},
             **gate,
             "gate_max": gate.get("rho_gate"),
             "hyper_weights": last.get("hyper_weights"), "contraction": last.get("contraction"),
@@ -584,9 +601,13 @@ class Trainer:
             "code_version": ckpt.code_version(),
         }
         if self.dist.is_main:
+            if floors is not None:
+                atomic_write_json(self.run_dir / NGRAM_FLOORS, floors)
             self.metrics.log({"step": step, "event": "end", **{k: v for k, v in summary.items() if k != "final"}})
             atomic_write_json(self.run_dir / SUMMARY, summary)
-            text = "  ".join(f"{n}: ppl {m['ppl']:.2f} bpb {m['bpb']:.3f}" for n, m in summary["final"].items())
+            text = "  ".join(f"{n}: ppl {m['ppl']:.2f} bpb {m['bpb']:.3f}"
+                             + (f" (bigram floor {m['bigram_kn_ppl']:.2f})" if "bigram_kn_ppl" in m else "")
+                             for n, m in summary["final"].items())
             self.metrics.note(f"done at step {step}: {text}" + (f"  rho_gate {summary['rho_gate']:.4f}" if "rho_gate" in summary else ""))
         return summary
 

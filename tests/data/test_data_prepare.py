@@ -184,7 +184,7 @@ def test_paper_recipe_fails_clearly_without_hub(tmp_path):
 
 def test_presets_parse():
     cpu, paper = load_recipe("cpu"), load_recipe("paper")
-    assert [d.name for d in cpu.train] == ["news-us", "speeches", "python-docs"]
+    assert [d.name for d in cpu.train] == ["news", "speeches", "python-docs"]
     assert all(d.out_of_domain for d in cpu.ood) and cpu.tokenizer == {"kind": "bpe", "vocab_size": 8192}
     assert paper.cycle == {"tinystories": 3, "wikipedia": 3, "fineweb-edu": 4} and paper.tokenizer["kind"] == "llama2"
     assert sum(d.train_tokens for d in paper.train) == 1_000_000_000
@@ -199,7 +199,7 @@ def test_cli(tmp_path, capsys):
     assert "held-out" in out and "out-of-domain" in out and "verified" in out
     assert main(["data", "info", "smoke", "--data-dir", str(tmp_path)]) == 0
     assert main(["data", "sources", "--data-dir", str(tmp_path)]) == 0
-    assert "news-us" in capsys.readouterr().out
+    assert "news" in capsys.readouterr().out
     assert main(["data", "info", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no manifest" in err

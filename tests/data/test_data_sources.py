@@ -74,7 +74,7 @@ def test_files_source_errors(tmp_path):
 
 
 def test_registry_covers_data_md():
-    for name in ["news-us", "tweets", "news-uk", "shakespeare", "speeches", "fiction", "python-docs", "linux-docs",
+    for name in ["news", "tweets", "news-uk", "shakespeare", "speeches", "fiction", "python-docs", "linux-docs",
                  "dictionary", "tinystories", "wikipedia", "fineweb-edu"]:
         assert name in SOURCES
 

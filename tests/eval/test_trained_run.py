@@ -28,3 +28,16 @@ def test_eval_and_generate_from_the_run_dir_alone(trained_run, capsys):
     assert res["config"]["seq_len"] == 32 and all(r["tokens"] == 200 for r in res["perplexity"].values())
     assert main(["generate", str(trained_run), "--prompt", "Once upon a time", "--max-new-tokens", "5", "--seed", "0"]) == 0
     assert capsys.readouterr().out.startswith("Once upon a time")
+
+
+@pytest.mark.slow  # shares the trained run above
+def test_training_writes_ngram_floors_that_the_cli_reproduces(trained_run, capsys):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    floors = json.loads((trained_run / "ngram_floors.json").read_text())
+    assert floors["train_tokens"] == summary["tokens"] == 4 * 2 * 32
+    for name, m in summary["final"].items():
+        assert m["bigram_kn_ppl"] == floors["sets"][name]["bigram_kn_ppl"] and m["unigram_ppl"] > 1
+        assert floors["sets"][name]["tokens"] == m["tokens"] == 64
+    assert main(["eval", "ngram", str(trained_run), "--max-tokens", "64", "--json", "--out", str(trained_run / "again.json")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["sets"] == floors["sets"] and again["step"] == 4

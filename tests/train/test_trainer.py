@@ -48,6 +48,23 @@ def test_same_seed_gives_identical_losses_and_weights(make_cfg):
     assert c["step"] == 12
 
 
+def test_ngram_floors_at_every_eval_or_off(make_cfg):
+    """every_eval: each eval event carries the floors for the tokens trained so far (they change with
+    the step); off: none anywhere."""
+    cfg = make_cfg("every", eval_every=6, eval_tokens=64, final_eval_tokens=64, ngram_floors="every_eval")
+    s = train(cfg)
+    ev = events(cfg.out_dir, "eval")
+    assert [(e["step"], e["final"]) for e in ev] == [(6, False), (12, True)]
+    first, last = (next(iter(e["sets"].values())) for e in (ev[0], ev[1]))
+    assert first["bigram_kn_ppl"] != last["bigram_kn_ppl"] and first["unigram_ppl"] > 1
+    assert all("bigram_kn_ppl" in m for m in s["final"].values())
+    assert json.loads((Path(cfg.out_dir) / "ngram_floors.json").read_text())["step"] == 12
+    off = make_cfg("off", ngram_floors="off")
+    s = train(off)
+    assert not any("bigram_kn_ppl" in m for m in s["final"].values())
+    assert not (Path(off.out_dir) / "ngram_floors.json").exists()
+
+
 def test_log_and_eval_events_carry_the_stability_metrics(make_cfg):
     cfg = make_cfg(model={"n_loops": 3}, eval_every=6, tensorboard=True)
     s = train(cfg)
