@@ -125,10 +125,10 @@ def materialize(run: Run, run_dir: Path, store: Store | None = None) -> Path:
     else:
         cfg = dict(run.spec)
         if store is not None:
-            target = store.db.execute("SELECT run_dir, checkpoint, name FROM runs WHERE key = ?", (run.spec["of"],)).fetchone()
-            if target is None or not target["run_dir"]:
+            target = store.run_by_key(run.spec["of"])
+            if target is None or not target.run_dir:
                 raise RuntimeError(f"{run.name}: the run it evaluates ({run.spec['of'][:8]}) has no run directory yet")
-            cfg["of_dir"] = target["run_dir"]
+            cfg["of_dir"] = target.run_dir
         path = run_dir / "request.json"
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
     if not path.exists() or path.read_text() != text:

@@ -1,11 +1,13 @@
 """`cart report <study>`: a Markdown report with PNG figures (matplotlib, Agg) and the exported results.
 
-Sections follow the paper: the findings checklist, Stage 1 (ppl vs R per width and P, P vs R
+Sections follow the paper: the findings checklist (generated from the claim records of
+`cart.experiments.analysis.claims`), the n-gram floors of every run, Stage 1 (ppl vs R per width and P, P vs R
 dominance), Stage 2 (seed means, the rank reversal, Spearman), parity gaps at stored and
 effective parity per width, the gap decomposition, ablations, the homogeneous control, paper vs
 stable fidelity, rho and the measured contraction over training, variable R, throughput and MFU,
 and the study's bookkeeping (attempts, failures, code versions). In the `paper` tier the
-published number stands beside ours in every table that has one (SPEC §4).
+published number stands beside ours in every table that has one (SPEC §4). Every perplexity
+stands beside its token-matched n-gram floor; every comparison carries n, its interval and p.
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ def _pct(v: float | None, digits: int = 1) -> str:
     return "—" if v is None or not math.isfinite(v) else f"{100 * v:+.{digits}f} %"
 
 
+def _count(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
 def _params(n: int | None) -> str:
     if n is None:
         return "—"
@@ -40,6 +46,31 @@ def _params(n: int | None) -> str:
 
 def _set_head(study, s: str) -> str:
     return f"ppl {s}" + (" (ood)" if s in study.ood_sets() else "")
+
+
+def _floor_cell(study: A.Study, members: list) -> str:
+    """The bigram floor of the selection metric over these members (mean), and ppl/floor."""
+    fl = [m.floor(study.metric) for m in members]
+    ratio = [m.floor_ratio(study.metric) for m in members]
+    if not fl or any(v is None for v in fl):
+        return "—"
+    return f"{sum(fl) / len(fl):.1f} ({sum(ratio) / len(ratio):.2f}×)"
+
+
+def _cmp_cells(c) -> list[str]:
+    """Effect [95 % CI], p, n — or the single-seed form."""
+    if c is None:
+        return ["—", "—"]
+    if not c.tested:
+        return [_pct(c.rel, 2), f"n = {c.n_a} vs {c.n_b}: not tested"]
+    return [f"{_pct(c.rel, 2)} [{_pct(c.ci[0], 1)}, {_pct(c.ci[1], 1)}]", f"p = {c.p:.3f}, MDE {100 * c.mde:.1f} %"]
+
+
+def _floor_note(study: A.Study, below: list) -> list[str]:
+    if not below:
+        return []
+    return [f"**{len(below)} run(s) here do not beat their n-gram floor** (" + ", ".join(m.name for m in below[:6])
+            + (", …" if len(below) > 6 else "") + "): no verdict is drawn from them.", ""]
 
 
 def _duration(s: float) -> str:
@@ -105,13 +136,14 @@ def _stage1(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     mono, total = s1["monotone_in_P"]
     lb, _ = s1["largest_P_best"]
     for d in s1["widths"]:
-        nz = study.relative_seed_noise(d)
+        nz = s1["difference_noise"].get(d)
         if nz:
             vals = [c.mean for (dd, _, _), c in s1["cells"].items() if dd == d]
             spread = (max(vals) - min(vals)) / min(vals)
-            out.append(f"- Noise floor at d = {d}: the seed std of a Stage 2 cell is {100 * nz:.1f} % of its perplexity; the whole "
-                       f"Stage 1 grid at this width spans {100 * spread:.1f} %, so differences under ~{200 * nz:.0f} % between two "
-                       f"cells here are within seed noise.")
+            out.append(f"- Noise at d = {d}: one cell's seed std is {100 * s1['cell_noise'][d]:.1f} % of its perplexity (from the "
+                       f"multi-seed stages), so two single-seed cells differ by ~{100 * nz:.1f} % (√2 ×) from seeds alone; the "
+                       f"whole Stage 1 grid at this width spans {100 * spread:.1f} %. No cell-to-cell difference here is tested.")
+    out += [""] + _floor_note(study, s1["below_floor"])
     out += [f"- P dominance: ppl strictly decreases with P at {mono}/{total} (d, R) cells; the largest P ({s1['Pmax']}) "
             f"is best at {lb}/{total}. Wins per P: " + ", ".join(f"P{p}: {n}" for p, n in sorted(s1["p_wins"].items()))
             + ". (Paper: " + PUB.STAGE1_P_ORDER + ".)",
@@ -168,19 +200,23 @@ def _stage2(study: A.Study, figs: Figures, paper: bool) -> list[str]:
                 + f"; best R at P = {der['P']}: " + ", ".join(f"d{d} R{r}" for d, r in sorted(der["best_R_at_P_per_width"].items(), key=lambda kv: int(kv[0])))
                 + " "
                 f"→ P = {der['P']}, R ∈ {der['R_set']}.", ""]
-    head = ["d", "P", "R", f"ppl {m}: mean ± std over seeds", "vs best R of the width", "Stage 1 (seed 42)"]
+    head = ["d", "P", "R", f"ppl {m}: mean ± std over seeds", "floor (ppl/floor)", "vs best R of the width [95 % CI]",
+            "test", "Stage 1 (seed 42)"]
     if paper:
         head.append("paper (3-seed mean)")
     rows = []
     for r in s2["rows"]:
-        vs = r.get("vs_best")
         row = [r["d"], r["P"], r["R"], ("**" if r["best"] else "") + r["stat"].fmt() + ("**" if r["best"] else ""),
-               "best" if r["best"] else f"{_pct(vs['rel'], 2)} ({vs['verdict']})",
-               _fmt(r["s1"].mean if r["s1"] else None)]
+               _floor_cell(study, r["members"])]
+        row += ["best", ""] if r["best"] else _cmp_cells(r.get("vs_best"))
+        row.append(_fmt(r["s1"].mean if r["s1"] else None))
         if paper:
             row.append(_fmt(PUB.STAGE2_MEAN.get((r["d"], r["R"]))))
         rows.append(row)
     out += [table(head, rows), ""]
+    out += ["Is the best R of each width distinguishable from every other R (95 % intervals)? "
+            + ", ".join(f"d{d}: {'yes' if v else 'no'}" for d, v in s2["best_R_resolved"].items()) + ".", ""]
+    out += _floor_note(study, s2["below_floor"])
     if s2["best_R_stage1"]:
         out += ["Rank reversal: best R per width in Stage 1 vs Stage 2 (cells present in both): "
                 + ", ".join(f"d{d}: {s2['best_R_stage1'][d]} → {s2['best_R'][d]}{' (flip)' if s2['flips'][d] else ''}"
@@ -218,15 +254,24 @@ def _parity(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     m = study.metric
     out = ["## Parity: CART vs dense baselines at every width", "",
            "Dense depth chosen by `cart.accounting.parity`: the depth whose stored parameters are nearest CART's stored "
-           "(stored parity) or effective (effective parity) count. Gap = (CART − dense) / dense; positive means dense is better.", ""]
+           "(stored parity) or effective (effective parity) count, plus any depth the plan adds (the paper's hand-picked 12 "
+           "layers at d = 1024, labelled \"paper's depth\"). Gap = CART / dense − 1 on the log scale over seeds (Welch); "
+           "positive means dense is better.", ""]
     head = ["d", "CART (P, R)", "CART stored / effective", "parity", "dense", "dense params", f"CART ppl {m}", f"dense ppl {m}",
-            "gap", "verdict"]
+            "CART vs dense [95 % CI]", "test", "floor (CART, dense)"]
     trs = []
+    below = []
     for r in rows:
+        label = "paper's depth" if r["target"] == "extra" else r["target"]
+        fl_c = _floor_cell(study, [x for x in study.members("parity") if x.tags.get("d") == r["d"] and x.tags.get("role") == "reference"])
+        fl_d = _floor_cell(study, [x for x in study.members("parity") if x.tags.get("d") == r["d"] and x.tags.get("layers") == r["layers"]
+                                   and x.tags.get("role") == "dense"])
         trs.append([r["d"], f"P{r['P']} R{r['R']}", f"{_params(r['cart_params'].get('stored'))} / {_params(r['cart_params'].get('effective'))}",
-                    r["target"], f"{r['layers']}L", _params(r["dense_params"]), r["cart"].fmt(), r["dense"].fmt(),
-                    _pct(r["gap"]["rel"]), r["gap"]["verdict"]])
+                    label, f"{r['layers']}L", _params(r["dense_params"]), r["cart"].fmt(), r["dense"].fmt(), *_cmp_cells(r["gap"]),
+                    f"{fl_c}, {fl_d}"])
+        below += [x for x in r["below_floor"] if x not in below]
     out += [table(head, trs), ""]
+    out += _floor_note(study, below)
     if paper:
         p = PUB.PARITY_1024
         out += [f"Paper, d = 1024 (ppl_wiki, 3 seeds): CART {p['cart']}, dense 7L {p['dense_stored_7L']} "
@@ -234,20 +279,21 @@ def _parity(study: A.Study, figs: Figures, paper: bool) -> list[str]:
                 f"({_pct(p['cart'] / p['dense_effective_12L'] - 1)}).", ""]
     plt = figs.plt
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    order = {"stored": 0, "effective": 1}
-    targets = sorted({r["target"] for r in rows}, key=lambda t: (order.get(t, 2), t))
+    order = {"stored": 0, "effective": 1, "extra": 2}
+    targets = sorted({r["target"] for r in rows}, key=lambda t: (order.get(t, 3), t))
     widths = sorted({r["d"] for r in rows})
     wbar = 0.8 / max(1, len(targets))
     for i, t in enumerate(targets):
         rs = {r["d"]: r for r in rows if r["target"] == t}
         xs = [j + i * wbar for j, d in enumerate(widths) if d in rs]
-        ys = [100 * rs[d]["gap"]["rel"] for d in widths if d in rs]
-        es = [100 * 2 * rs[d]["gap"]["se"] / rs[d]["dense"].mean if rs[d]["gap"]["se"] else 0 for d in widths if d in rs]
-        ax.bar(xs, ys, width=wbar, yerr=es, capsize=3, label=f"{t} parity")
+        ys = [100 * rs[d]["gap"].rel for d in widths if d in rs]
+        lo = [100 * (rs[d]["gap"].rel - rs[d]["gap"].ci[0]) if rs[d]["gap"].ci else 0 for d in widths if d in rs]
+        hi = [100 * (rs[d]["gap"].ci[1] - rs[d]["gap"].rel) if rs[d]["gap"].ci else 0 for d in widths if d in rs]
+        ax.bar(xs, ys, width=wbar, yerr=[lo, hi], capsize=3, label=f"{'paper depth' if t == 'extra' else t + ' parity'}")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks([j + wbar * (len(targets) - 1) / 2 for j in range(len(widths))], [f"d={d}" for d in widths])
     ax.set_ylabel("CART ppl above dense (%)")
-    ax.set_title("parity gaps (error bars: 2 SE over seeds)")
+    ax.set_title("parity gaps (error bars: 95 % CI over seeds)")
     ax.legend(fontsize=8)
     out += [f"![parity gaps]({figs.save(fig, 'parity_gaps')})", ""]
     return out
@@ -271,9 +317,10 @@ def _decomposition(study: A.Study) -> list[str]:
                  f"{p['log']['framing']:+.4f} nats ({_pct(p['rel_to_dense']['framing'])})",
                  f"{100 * p['share']['sharing']:.0f} % / {100 * p['share']['framing']:.0f} %"])
     out += [table(head, rows), "",
-            f"The paper's \"~5 % + ~5 %\" divides each step by a different perplexity ({_pct(p['as_printed']['sharing'])} of CART, "
-            f"{_pct(p['as_printed']['framing'])} of the unshared model) and mixes a 3-seed mean (20.35, 18.32) with a "
-            "single seed (19.22); above, ours uses the same seeds for all three models." if g else
+            f"The paper's two \"~5 %\" steps cannot both be relative to one model: relative to the model each step starts from "
+            f"they are {_pct(p['rel_to_start']['sharing'])} and {_pct(p['rel_to_start']['framing'])}, relative to the model it ends at "
+            f"{_pct(p['rel_to_end']['sharing'])} and {_pct(p['rel_to_end']['framing'])}; the three numbers also mix 3-seed means "
+            "(20.35, 18.32) with a single seed (19.22). Above, one denominator, and ours uses the same seeds for all three models." if g else
             "Ours: not available (needs the ablation's `unshared_core` and `cart` variants and the effective-parity dense model at the same width and seed).", ""]
     if g and g["log"]["total"] < 0:
         out += ["Here CART is *better* than the dense model at effective parity, so there is no gap to split; the shares "
@@ -289,22 +336,24 @@ def _ablations(study: A.Study, paper: bool) -> list[str]:
     base = next((r for r in rows if r["variant"] == "cart"), None)
     t = base["members"][0].tags if base else {}
     out = ["## Ablations", "", f"At d = {t.get('d')}, P = {t.get('P')}, R = {t.get('R')}, seeds "
-           f"{sorted({m.seed for r in rows for m in r['members']})}; Δ against the same-seed full model. Noise: "
-           + (rows[1]["vs_base"]["noise"] if len(rows) > 1 and "vs_base" in rows[1] else "—") + ".", ""]
-    head = ["variant", "stored", "effective"] + [_set_head(study, s) for s in sets] + [f"Δ {study.metric}", "verdict"]
+           f"{sorted({m.seed for r in rows for m in r['members']})}; each variant against the full model at the same seeds "
+           "(Welch over seeds on log-perplexity; one seed per arm is reported, not tested).", ""]
+    head = (["variant", "stored", "effective"] + [_set_head(study, s) for s in sets]
+            + ["floor (ppl/floor)", f"Δ {study.metric} [95 % CI]", "test"])
     if paper:
         head.append("paper (ppl_wiki)")
-    trs = []
+    trs, below = [], []
     for r in rows:
-        vs = r.get("vs_base")
         row = [r["title"], _params(r["stored"]), _params(r["effective"])]
         row += [A.Stat([m.finals[f"ppl.{s}"] for m in r["members"] if f"ppl.{s}" in m.finals]).fmt() for s in sets]
-        row += ["—" if vs is None else _pct(vs["rel"], 2), "baseline" if vs is None else vs["verdict"]]
+        row.append(_floor_cell(study, r["members"]))
+        row += ["baseline", ""] if r["variant"] == "cart" else _cmp_cells(r.get("vs_base"))
         if paper:
             pv = PUB.ABLATIONS.get(r["variant"], "—")
             row.append("within seed noise" if pv is None else pv)
         trs.append(row)
-    out += [table(head, trs), ""]
+        below += r["below_floor"]
+    out += [table(head, trs), ""] + _floor_note(study, below)
     return out
 
 
@@ -314,97 +363,97 @@ def _variants_section(study: A.Study, stage: str, title: str, intro: str) -> lis
         return []
     sets = study.valsets()
     out = [f"## {title}", "", intro, ""]
-    head = ["variant", "d", "arch", "stored", "effective"] + [_set_head(study, s) for s in sets] + ["ρ (final)", "n seeds"]
-    groups: dict[tuple, list] = {}
+    head = (["variant", "d", "arch", "stored", "effective"] + [_set_head(study, s) for s in sets]
+            + ["floor (ppl/floor)", "ρ (final)", f"vs {rows[0].get('baseline') or rows[0]['variant']} [95 % CI]", "test"])
+    trs, below = [], []
     for r in rows:
-        groups.setdefault((r["variant"], r["d"]), []).append(r)
-    trs = []
-    for (v, d), rs in groups.items():
-        ms = [r["member"] for r in rs]
-        trs.append([v, d, rs[0]["arch"], _params(rs[0]["stored"]), _params(rs[0]["effective"])]
+        ms = r["members"]
+        trs.append([r["variant"], r["d"], r["arch"], _params(r["stored"]), _params(r["effective"])]
                    + [A.Stat([m.finals[f"ppl.{s}"] for m in ms if f"ppl.{s}" in m.finals]).fmt() for s in sets]
-                   + [A.Stat([m.finals["rho_gate"] for m in ms if m.finals.get("rho_gate") is not None]).fmt(4), len(ms)])
-    out += [table(head, trs), ""]
-    # pairwise verdicts against the first variant at each width
-    first = next(iter(dict.fromkeys(r["variant"] for r in rows)))
-    g = A.grouped(rows, ("variant", "d"))
-    lines = []
-    for (v, d), s in g.items():
-        if v == first or (first, d) not in g:
-            continue
-        base = g[(first, d)]
-        c = A.compare(s, base)
-        lines.append(f"- d{d}: {v} vs {first}: {_pct(c['rel'], 2)} on {study.metric} ({c['verdict']}).")
-    return out + lines + ([""] if lines else [])
+                   + [_floor_cell(study, ms), A.Stat([m.finals["rho_gate"] for m in ms if m.finals.get("rho_gate") is not None]).fmt(4)]
+                   + (["baseline", ""] if "vs_base" not in r else _cmp_cells(r["vs_base"])))
+        below += r["below_floor"]
+    return out + [table(head, trs), ""] + _floor_note(study, below)
+
+
+def _floors(study: A.Study) -> list[str]:
+    rows = [r for r in A.floors(study) if r["ppl"] is not None]
+    if not rows:
+        return []
+    known = [r for r in rows if r["ratio"] is not None]
+    out = ["## Models against their n-gram floors", "",
+           f"Floor = an interpolated Kneser-Ney bigram counted on exactly the tokens the run trained on (`cart eval ngram`), "
+           f"scored on the same `{study.metric}` tokens as the model. A model that does not beat it has not yet learned word-pair "
+           "statistics; no verdict is drawn from such runs"
+           + (f" (this study requires ppl ≤ {100 * (1 - study.floor_margin):.0f} % of the floor)" if study.floor_margin else "") + ".", ""]
+    if not known:
+        return out + ["No run of this study recorded its floor (studies run before floors were computed).", ""]
+    ratios = sorted(r["ratio"] for r in known)
+    n_ok = sum(1 for r in known if r["clears"])
+    out += [f"{n_ok} of {len(known)} runs clear their floor; ppl/floor ranges {ratios[0]:.3f}–{ratios[-1]:.3f} "
+            f"(median {ratios[len(ratios) // 2]:.3f}).", ""]
+    by_stage: dict[str, list] = {}
+    for r in known:
+        by_stage.setdefault(r["stage"], []).append(r)
+    head = ["stage", "runs", "clear the floor", "ppl/floor (min – max)", "training tokens"]
+    trs = [[st, len(rs), sum(1 for r in rs if r["clears"]), f"{min(r['ratio'] for r in rs):.3f} – {max(r['ratio'] for r in rs):.3f}",
+            f"{_count(min(r['tokens'] or 0 for r in rs))} – {_count(max(r['tokens'] or 0 for r in rs))}"] for st, rs in by_stage.items()]
+    return out + [table(head, trs), ""]
 
 
 def _rho(study: A.Study, figs: Figures, paper: bool) -> list[str]:
-    stages = [s for s in ("stage2", "fidelity") if s in study.stages]
-    rows = []
-    for s in stages:
-        rows += [dict(r, stage=s) for r in A.rho_summary(study, s)]
-    rows = [r for r in rows if r["rho"] is not None]
-    s1 = [r for r in (A.rho_summary(study, "stage1") if "stage1" in study.stages else []) if r["rho"] is not None]
-    if not rows and not s1:
+    rows, seen = [], set()
+    for st in study.stages:
+        for r in A.rho_summary(study, st):
+            if r["rho"] is not None and r["member"].run_id not in seen:
+                seen.add(r["member"].run_id)
+                rows.append(dict(r, stage=st))
+    if not rows:
         return []
-    out = ["## ρ and the measured contraction of the loop", "",
-           "ρ as published = max σ(a) of the gate vector, a property of one parameter. Beside it: what AdamW's decoupled "
-           "weight decay alone does to σ(a) from its 0.9 start under the run's own schedule (zero gradient; SPEC §6.4), and the "
-           "measured contraction of the loop, mean over loops of ‖h_{r+1} − h_r‖ / ‖h_r − h_{r−1}‖ at the last logged step (SPEC §6.3).", ""]
-    head = ["stage", "fidelity", "d", "P", "R", "seed", "ρ final", "decay alone", "contraction"]
-    seen = set()
-    trs = []
-    for r in rows:
-        k = r["member"].run_id
-        if k in seen:
-            continue
-        seen.add(k)
-        trs.append([r["stage"], r["fidelity"], r["d"], r["P"], r["R"], r["seed"], _fmt(r["rho"], 4), _fmt(r["decay_only"], 4),
-                    _fmt(r["contraction"], 3)])
+    out = ["## ρ, weight decay and the measured contraction of the loop", "",
+           "ρ as published = max σ(a) of the gate vector, a property of one parameter. Beside it: the gate's mean, and what "
+           "AdamW's decoupled weight decay alone does to σ(a) from its start under the run's own schedule "
+           "(a_t = a_0·Π(1 − lr_s·wd), zero gradient; SPEC §6.4; the same for every channel, which all start equal); "
+           "\"decay explains\" = the decay-only change of σ(a) as a share of the measured change of the mean gate at the "
+           "last logged step. And the measured contraction of the loop, mean over loops of ‖h_{r+1} − h_r‖ / ‖h_r − h_{r−1}‖ "
+           "at the last logged step (SPEC §6.3).", ""]
+    head = ["stage", "fidelity", "d", "P", "R", "seed", "decay on gate", "ρ final", "gate mean final", "decay alone",
+            "decay explains", "contraction"]
+    trs = [[r["stage"], r["fidelity"], r["d"], r["P"], r["R"], r["seed"], {True: "yes", False: "no", None: "—"}[r["decayed"]],
+            _fmt(r["rho"], 4), _fmt(r["gate_mean"], 4), _fmt(r["decay_only"], 4),
+            "—" if r["explained"] is None else f"{100 * r['explained']:.0f} %", _fmt(r["contraction"], 3)] for r in rows]
     out += [table(head, trs), ""]
-    if s1:
-        cs = [r["contraction"] for r in s1 if r["contraction"] is not None]
-        out += [f"Stage 1 ({len(s1)} runs): ρ {min(r['rho'] for r in s1):.4f}–{max(r['rho'] for r in s1):.4f}; decay alone "
-                f"{min(r['decay_only'] for r in s1 if r['decay_only'] is not None):.4f}; contraction "
-                + (f"{min(cs):.3f}–{max(cs):.3f}" if cs else "—") + ".", ""]
     if paper:
         out += [f"Paper: ρ at the end of Stage 2 in {PUB.RHO_STAGE2_RANGE}; d1024 R6 trajectory {PUB.RHO_TRAJECTORY_1024_R6}.", ""]
     plt = figs.plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    plotted: set[int] = set()
-    first_seed = min((x["seed"] for x in rows if x["seed"] is not None), default=None)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for r in rows:
-        mem = r["member"]
-        if r["stage"] not in ("stage2", "fidelity") or r["seed"] != first_seed or mem.run_id in plotted:
-            continue
-        plotted.add(mem.run_id)
-        style = {"color": colors[(len(plotted) - 1) % len(colors)], "lw": 1,
-                 "ls": "-" if r["fidelity"] == "paper" else "--", "label": f"d{r['d']} P{r['P']} R{r['R']} {r['fidelity']}"}
-        s = study.series(mem.run_id, "rho_gate")
-        if s:
-            axes[0].plot([a for a, _ in s], [b for _, b in s], **style)
-        c = study.contraction_series(mem.run_id)
+    shown = [r for r in rows if r["gate"] and r["gate"]["series"]["gate_mean"]][:8]
+    for i, r in enumerate(shown):
+        g, col = r["gate"], colors[i % len(colors)]
+        lab = f"{r['stage']} d{r['d']} R{r['R']} {r['fidelity']} s{r['seed']}"
+        mean = g["series"]["gate_mean"]
+        axes[0].plot([a for a, _ in mean], [b for _, b in mean], color=col, lw=1, label=f"{lab}: mean")
+        mx = g["series"]["gate_max"]
+        if mx:
+            axes[0].plot([a for a, _ in mx], [b for _, b in mx], color=col, lw=0.8, ls=":")
+        traj = g["decay_only"]
+        xs = list(range(0, len(traj), max(1, len(traj) // 100)))
+        axes[0].plot(xs, [traj[x] for x in xs], color=col, lw=1, ls="--")
+        c = study.contraction_series(r["member"].run_id)
         if c:
-            axes[1].plot([a for a, _ in c], [b for _, b in c], **style)
-    ex = next((r for r in rows if r["decay_only"] is not None), None)
-    if ex is not None:
-        tr = ex["member"].spec["train"]
-        steps = int(tr["steps"])
-        xs = list(range(0, steps + 1, max(1, steps // 100)))
-        axes[0].plot(xs, [A.decay_only_rho(0.9, x, tr["lr"], tr["min_lr"], tr["warmup_steps"], tr["weight_decay"]) if x else 0.9
-                          for x in xs], "k--", lw=1.2, label="weight decay alone")
+            axes[1].plot([a for a, _ in c], [b for _, b in c], color=col, lw=1, label=lab)
     axes[0].set_xlabel("step")
-    axes[0].set_ylabel("ρ = max σ(a)")
-    axes[0].set_title(f"ρ over training (seed {first_seed})")
+    axes[0].set_ylabel("σ(a)")
+    axes[0].set_title("gate: mean (solid), max = ρ (dotted), decay alone (dashed)")
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("mean per-loop contraction")
     axes[1].set_title("measured contraction over training")
     axes[1].axhline(1, color="k", lw=0.6, ls=":")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, ncol=2)
-    out += [f"![rho and contraction]({figs.save(fig, 'rho_contraction')})", ""]
+            ax.legend(fontsize=5, ncol=1)
+    out += [f"![gate, weight decay and contraction]({figs.save(fig, 'rho_contraction')})", ""]
     return out
 
 
@@ -525,7 +574,14 @@ def build_report(study_dir: str | Path, out: str | Path | None = None, metric: s
         f = A.findings(study)
         if f:
             lines += ["## The paper's findings at this scale", "",
-                      table(["finding", "paper", "this study", "verdict"], [[x["finding"], x["paper"], x["ours"], x["verdict"]] for x in f]), ""]
+                      "One row per claim record (`cart/experiments/analysis/claims.py`): what the paper says and its numbers "
+                      "(`published.py`), how this study measures it, the verdict rule, and the result. \"Reproduced\" and "
+                      "\"contradicted\" need a 95 % interval over seeds that excludes no change; otherwise \"undetermined at this "
+                      "power\" with the minimum detectable effect; single seeds are not tested; runs below their n-gram floor "
+                      "give no verdict.", "",
+                      table(["claim", "paper", "how measured", "rule", "this study", "verdict"],
+                            [[x["statement"], x["paper"], x["measure"], x["rule"], x["ours"], x["verdict"]] for x in f]), ""]
+        lines += _floors(study)
         lines += _stage1(study, figs, paper)
         lines += _stage2(study, figs, paper)
         lines += _parity(study, figs, paper)

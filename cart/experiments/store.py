@@ -425,6 +425,11 @@ class Store:
     def run(self, run_id: int) -> Run:
         return Run.from_row(self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
 
+    def run_by_key(self, key: str) -> Run | None:
+        """The run with this spec hash (an evaluation's `of`), or None."""
+        row = self.db.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else Run.from_row(row)
+
     def members(self, stage: str | None = None) -> list[dict]:
         sql = ("SELECT m.stage, m.label, m.tags, r.id AS run_id, r.name, r.status, r.seed, r.kind "
                "FROM members m JOIN runs r ON r.id = m.run_id")
@@ -466,6 +471,10 @@ class Store:
     def summary(self, run_id: int) -> dict | None:
         row = self.db.execute("SELECT summary FROM results WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else json.loads(row["summary"])
+
+    def summaries(self) -> dict[int, dict]:
+        """Every recorded result summary, by run id."""
+        return {r["run_id"]: json.loads(r["summary"]) for r in self.db.execute("SELECT run_id, summary FROM results")}
 
     def attempts(self, run_id: int | None = None) -> list[dict]:
         sql, args = "SELECT * FROM attempts", ()

@@ -82,3 +82,14 @@ class WarmupCosine:
 
     def state_dict(self) -> dict:
         return {"kind": "warmup_cosine", "peak": self.peak, "floor": self.floor, "warmup": self.warmup, "total": self.total}
+
+
+def decay_only_trajectory(a0: float, schedule: WarmupCosine, weight_decay: float, steps: int) -> list[float]:
+    """A parameter's value after 0, 1, ..., `steps` optimizer steps with zero gradient: AdamW's
+    decoupled weight decay alone, a <- a * (1 - lr_t * wd) with this run's own schedule (the update
+    term is exactly zero when the gradient is: m = v = 0). Element 0 is a0."""
+    out, a = [a0], a0
+    for t in range(steps):
+        a *= 1.0 - schedule(t) * weight_decay
+        out.append(a)
+    return out

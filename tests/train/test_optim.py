@@ -85,3 +85,27 @@ def test_warmup_then_cosine_to_the_floor():
     assert s(1000) == pytest.approx(3e-5) and s(5000) == pytest.approx(3e-5)
     lrs = [s(i) for i in range(100, 1001)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_decay_only_trajectory_is_what_adamw_does_with_zero_gradient():
+    """The gate-vs-weight-decay analysis uses the trainer's own schedule; checked against torch's AdamW
+    run for real on a parameter whose gradient is always zero."""
+    import math
+
+    from cart.train.optim import WarmupCosine, decay_only_trajectory
+
+    sched = WarmupCosine(3e-3, 3e-4, 10, 120)
+    a = torch.nn.Parameter(torch.full((4,), math.log(9.0), dtype=torch.float64))
+    opt = torch.optim.AdamW([a], lr=sched(0), betas=(0.9, 0.95), weight_decay=0.1)
+    seen = [a.item() if a.numel() == 1 else float(a[0])]
+    for t in range(120):
+        for g in opt.param_groups:
+            g["lr"] = sched(t)
+        a.grad = torch.zeros_like(a)
+        opt.step()
+        seen.append(float(a[0]))
+    pred = decay_only_trajectory(math.log(9.0), sched, 0.1, 120)
+    assert len(pred) == 121
+    for x, y in zip(seen, pred):
+        assert abs(x - y) < 1e-12
+    assert 1 / (1 + math.exp(-pred[-1])) < 0.9

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The cpu-tier pilot (issue: a cpu tier whose models clear the n-gram floor). Run from a pinned
+# checkout (git worktree add ../study-wt <commit>) after `cart data prepare cpu`; each candidate logs
+# its validation ppl beside the token-matched Kneser-Ney bigram at every eval (ngram_floors=every_eval).
+# One thread each (the machine is shared); tokens-to-floor does not depend on the thread count.
+set -euo pipefail
+common=(--eval-tokens 16384 --final-eval-tokens 16384 --ngram-floors every_eval --ckpt-every 500 --keep-checkpoints 1 --tensorboard false)
+# A: the README main job's shape (d192 P2 R4, 8k BPE, seq 256, batch 16, lr 2e-3), trained 3.75x longer
+OMP_NUM_THREADS=1 cart train --preset main --out-dir runs/pilot/A --steps 3000 --eval-every 250 "${common[@]}"
