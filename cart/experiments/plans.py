@@ -15,6 +15,8 @@ selection `metric`) and an ordered table of stages. Stage kinds:
 - `vary_r`   evaluate trained models at many loop counts: the best model of a stage at its
              largest width, and every member of the listed stages.
 
+Any stage may carry a `question` (one sentence): the report introduces the stage's section with it.
+
 A run is identified by the hash of its spec (model config with every default filled in, the
 resolved training recipe, seed), so stages that name the same configuration share one run.
 Nothing here runs anything: `expand` inserts runs into the store, the orchestrator runs them.
@@ -144,7 +146,7 @@ def _parse_stage(plan: Plan, name: str, index: int, st: dict, raw: dict, source:
     kind = st.get("kind")
     if kind not in STAGE_KINDS:
         raise PlanError(f"{where}: kind must be one of {STAGE_KINDS}, got {kind!r}")
-    allowed = {"kind", "title", "seeds", "train", "model"} | {
+    allowed = {"kind", "title", "question", "seeds", "train", "model"} | {
         "grid": {"grid", "derive"}, "parity": {"widths", "reference", "targets", "extra_depths"},
         "variants": {"base", "widths", "variants"}, "vary_r": {"loops", "best_of", "also", "args"}}[kind]
     bad = sorted(set(st) - allowed)

@@ -247,12 +247,12 @@ def _stage2(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     return out
 
 
-def _parity(study: A.Study, figs: Figures, paper: bool) -> list[str]:
-    rows = A.parity_gaps(study)
+def _parity(study: A.Study, figs: Figures, paper: bool, stage: str = "parity", title: str | None = None) -> list[str]:
+    rows = A.parity_gaps(study, stage)
     if not rows:
         return []
     m = study.metric
-    out = ["## Parity: CART vs dense baselines at every width", "",
+    out = [f"## {title or 'Parity: CART vs dense baselines at every width'}", "",
            "Dense depth chosen by `cart.accounting.parity`: the depth whose stored parameters are nearest CART's stored "
            "(stored parity) or effective (effective parity) count, plus any depth the plan adds (the paper's hand-picked 12 "
            "layers at d = 1024, labelled \"paper's depth\"). Gap = CART / dense − 1 on the log scale over seeds (Welch); "
@@ -263,8 +263,8 @@ def _parity(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     below = []
     for r in rows:
         label = "paper's depth" if r["target"] == "extra" else r["target"]
-        fl_c = _floor_cell(study, [x for x in study.members("parity") if x.tags.get("d") == r["d"] and x.tags.get("role") == "reference"])
-        fl_d = _floor_cell(study, [x for x in study.members("parity") if x.tags.get("d") == r["d"] and x.tags.get("layers") == r["layers"]
+        fl_c = _floor_cell(study, [x for x in study.members(stage) if x.tags.get("d") == r["d"] and x.tags.get("role") == "reference"])
+        fl_d = _floor_cell(study, [x for x in study.members(stage) if x.tags.get("d") == r["d"] and x.tags.get("layers") == r["layers"]
                                    and x.tags.get("role") == "dense"])
         trs.append([r["d"], f"P{r['P']} R{r['R']}", f"{_params(r['cart_params'].get('stored'))} / {_params(r['cart_params'].get('effective'))}",
                     label, f"{r['layers']}L", _params(r["dense_params"]), r["cart"].fmt(), r["dense"].fmt(), *_cmp_cells(r["gap"]),
@@ -295,7 +295,7 @@ def _parity(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     ax.set_ylabel("CART ppl above dense (%)")
     ax.set_title("parity gaps (error bars: 95 % CI over seeds)")
     ax.legend(fontsize=8)
-    out += [f"![parity gaps]({figs.save(fig, 'parity_gaps')})", ""]
+    out += [f"![parity gaps]({figs.save(fig, 'parity_gaps' if stage == 'parity' else f'parity_gaps_{stage}')})", ""]
     return out
 
 
@@ -457,45 +457,80 @@ def _rho(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     return out
 
 
-def _vary_r(study: A.Study, figs: Figures, paper: bool) -> list[str]:
-    rows = A.vary_r(study)
+def _vary_r(study: A.Study, figs: Figures, paper: bool, stage: str = "vary_r", title: str | None = None) -> list[str]:
+    rows = A.vary_r(study, stage)
     if not rows:
         return []
     sets = study.valsets()
-    out = ["## Variable R at inference", "",
-           "Each model run at other loop counts without fine-tuning (`cart eval vary-r`).", ""]
+    out = [f"## {title or 'Variable R at inference'}", "",
+           "Each model run at other loop counts without fine-tuning (`cart eval vary-r`); models that differ only in their "
+           "seed are pooled (mean ± std over seeds per R), with the measured contraction at each R.", ""]
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        curve = r["curve"]
-        tag = " (best model of Stage 2)" if r["best"] else ""
-        out += [f"**{r['label']}**{tag}: trained at R = {r['trained_R']}", ""]
+        t = r["member"].tags
+        key = (r["source_stage"], r["variant"] or f"d{t.get('d')} P{t.get('P')} R{t.get('R')}", r["trained_R"], r["loop_sampling"])
+        groups.setdefault(key, []).append(r)
+    curves = {}
+    for (src, name, trained, sampling), rs in groups.items():
+        Rs = sorted({R for r in rs for R in r["curve"]}, key=lambda R: (not isinstance(R, int), R if isinstance(R, int) else 0))
+        tag = " (best model of its stage)" if any(r["best"] for r in rs) else ""
+        out += [f"**{src}: {name}**{tag}: trained at R = {trained}" + (f" (R sampled: {sampling})" if sampling != "fixed" else "")
+                + f"; seeds {sorted(r['member'].seed for r in rs)}", ""]
         head = ["R"] + [_set_head(study, s) for s in sets] + ["contraction"]
-        trs = []
-        for R, c in curve.items():
-            label = f"**{R}**" if R == r["trained_R"] else (f"adaptive ({c['mean_loops']:.2f})" if c.get("mean_loops") else str(R))
-            trs.append([label] + [_fmt(c["ppl"].get(s)) for s in sets] + [_fmt(c.get("contraction"), 3)])
+        trs, pts = [], []
+        for R in Rs:
+            cs = [r["curve"][R] for r in rs if R in r["curve"]]
+            label = f"**{R}**" if R == trained else (f"adaptive ({cs[0]['mean_loops']:.2f})" if cs[0].get("mean_loops") else str(R))
+            stats = {s: A.Stat([c["ppl"][s] for c in cs if c["ppl"].get(s) is not None]) for s in sets}
+            con = A.Stat([c["contraction"] for c in cs if c.get("contraction") is not None])
+            trs.append([label] + [st.fmt() for st in stats.values()] + [con.fmt(3)])
+            if isinstance(R, int) and stats.get(study.metric) and stats[study.metric].values:
+                pts.append((R, stats[study.metric]))
+        curves[(src, name, trained)] = pts
         out += [table(head, trs), ""]
     if paper:
         out += ["Paper (d1024 trained at R = 6), LAMBADA acc % (ppl): "
                 + ", ".join(f"R{R} {a} ({p})" for R, (a, p) in PUB.VARY_R_LAMBADA.items()) + ".", ""]
     plt = figs.plt
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for r in rows:
-        pts = sorted((R, c["ppl"].get(study.metric)) for R, c in r["curve"].items() if isinstance(R, int) and c["ppl"].get(study.metric))
+    for (src, name, trained), pts in curves.items():
         if not pts:
             continue
-        line, = ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=r["label"])
-        tr = dict(pts).get(r["trained_R"])
-        if tr is not None:
-            ax.plot([r["trained_R"]], [tr], marker="*", ms=14, color=line.get_color())
+        xs, ys = [a for a, _ in pts], [b.mean for _, b in pts]
+        line = ax.errorbar(xs, ys, yerr=[b.std or 0 for _, b in pts], marker="o", ms=3, capsize=2, label=f"{src}: {name}")
+        if trained in xs:
+            ax.plot([trained], [ys[xs.index(trained)]], marker="*", ms=14, color=line[0].get_color())
     ax.set_xlabel("R at inference (★ = trained R)")
     ax.set_ylabel(f"ppl {study.metric}")
     ys = [y for line in ax.get_lines() for y in line.get_ydata()]
     if ys and max(ys) / max(min(ys), 1e-9) > 3:
         ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.set_title("variable R without fine-tuning")
-    out += [f"![variable R]({figs.save(fig, 'vary_r')})", ""]
+    ax.legend(fontsize=6)
+    ax.set_title("variable R without fine-tuning (mean ± std over seeds)")
+    out += [f"![variable R]({figs.save(fig, 'vary_r' if stage == 'vary_r' else f'vary_r_{stage}')})", ""]
     return out
+
+
+def _grid_section(study: A.Study, stage: str, title: str, intro: str) -> list[str]:
+    """A grid stage with seeds: every cell with its interval, and each grid field's effect at fixed values of the others."""
+    g = A.grid_effects(study, stage)
+    if not g:
+        return []
+    sets = study.valsets()
+    out = [f"## {title}", ""] + ([intro, ""] if intro else [])
+    head = list(g["fields"]) + [_set_head(study, s) for s in sets] + ["floor (ppl/floor)"]
+    trs, below = [], []
+    for key, ms in g["cells"].items():
+        trs.append(list(key) + [A.Stat([m.finals[f"ppl.{s}"] for m in ms if f"ppl.{s}" in m.finals]).fmt() for s in sets]
+                   + [_floor_cell(study, ms)])
+        below += study.below_floor(ms)
+    out += [table(head, trs), ""]
+    if g["effects"]:
+        head = ["changed", "from → to", "at", f"Δ {study.metric} [95 % CI]", "test"]
+        trs = [[e["field"], f"{e['from']} → {e['to']}", ", ".join(f"{k}={v}" for k, v in e["at"].items()) or "—",
+                *_cmp_cells(e["cmp"])] for e in g["effects"]]
+        out += [table(head, trs), ""]
+    return out + _floor_note(study, below)
 
 
 def _throughput(study: A.Study, paper: bool) -> list[str]:
@@ -552,6 +587,42 @@ def _bookkeeping(store: Store) -> list[str]:
     return out + [""]
 
 
+_INTROS = {
+    "control": "The control the paper names but never ran: P + R + 1 identical MLA blocks (CART's depth), unshared and shared "
+               "(one block looped), at the same width and recipe, beside CART. Does the residual gap come from the heterogeneous "
+               "prelude/anchor/core/coda framing?",
+    "fidelity": "`paper`: h = A⊙h̃ + u (carried-state gain 1 + A), softmax over [1, 0, 0], weight decay on everything. "
+                "`stable`: h = A⊙h̃ + Δ (gain A < 1), the blend starting at the pure residual, no decay on gates.",
+    "vary_r_train": "The fix the paper names for its variable-R result: R sampled per training step. Compared here at the "
+                    "trained R; the variable-R section runs both at every R.",
+}
+
+
+def _stage_sections(study: A.Study, figs: Figures, paper: bool) -> list[str]:
+    """One section per stage, in plan order, by the stage's kind (a stage's `question` is its introduction)."""
+    out = []
+    for stage in study.stages:
+        d = (study.store.stage_expanded(stage) or {}).get("definition") or {}
+        kind, title = d.get("kind"), d.get("title") or stage
+        question = (d.get("raw") or {}).get("question")
+        intro = (f"**Question:** {question}" if question else "") or _INTROS.get(stage, "")
+        if stage == "stage1":
+            out += _stage1(study, figs, paper)
+        elif stage == "stage2":
+            out += _stage2(study, figs, paper)
+        elif kind == "grid":
+            out += _grid_section(study, stage, title, intro)
+        elif kind == "parity":
+            out += _parity(study, figs, paper, stage, title if stage != "parity" else None)
+        elif kind == "variants" and stage == "ablations":
+            out += _decomposition(study) + _ablations(study, paper)
+        elif kind == "variants":
+            out += _variants_section(study, stage, title, intro)
+        elif kind == "vary_r":
+            out += _vary_r(study, figs, paper, stage, title if stage != "vary_r" else None)
+    return out
+
+
 def build_report(study_dir: str | Path, out: str | Path | None = None, metric: str | None = None,
                  commands: list[str] | None = None) -> Path:
     """Write report.md, figures/*.png, results.csv/json and metrics.csv. Returns the report path."""
@@ -582,24 +653,8 @@ def build_report(study_dir: str | Path, out: str | Path | None = None, metric: s
                       table(["claim", "paper", "how measured", "rule", "this study", "verdict"],
                             [[x["statement"], x["paper"], x["measure"], x["rule"], x["ours"], x["verdict"]] for x in f]), ""]
         lines += _floors(study)
-        lines += _stage1(study, figs, paper)
-        lines += _stage2(study, figs, paper)
-        lines += _parity(study, figs, paper)
-        if "ablations" in study.stages:
-            lines += _decomposition(study)
-        lines += _ablations(study, paper)
-        lines += _variants_section(study, "control", "Homogeneous control",
-                                   "The control the paper names but never ran: P + R + 1 identical MLA blocks (CART's depth), unshared "
-                                   "and shared (one block looped), at the same width and recipe, beside CART. Does the residual gap come "
-                                   "from the heterogeneous prelude/anchor/core/coda framing?")
-        lines += _variants_section(study, "fidelity", "Fidelity: the published code vs the stable default",
-                                   "`paper`: h = A⊙h̃ + u (carried-state gain 1 + A), softmax over [1, 0, 0], weight decay on everything. "
-                                   "`stable`: h = A⊙h̃ + Δ (gain A < 1), the blend starting at the pure residual, no decay on gates.")
-        lines += _variants_section(study, "vary_r_train", "Training-time variable R",
-                                   "The fix the paper names for its variable-R result: R sampled per training step. Compared here at "
-                                   "the trained R; the next section runs both at every R.")
+        lines += _stage_sections(study, figs, paper)
         lines += _rho(study, figs, paper)
-        lines += _vary_r(study, figs, paper)
         lines += _throughput(study, paper)
         lines += _bookkeeping(store)
         if commands:

@@ -224,6 +224,33 @@ def variants(study: Study, stage: str, baseline: str | None = None) -> list[dict
     return rows
 
 
+def grid_effects(study: Study, stage: str) -> dict | None:
+    """A grid stage with seeds: its cells (the grid fields' values -> members) and, for each grid field,
+    every value against the field's first value with the other fields held fixed (Welch over seeds)."""
+    e = study.store.stage_expanded(stage) or {}
+    grid = ((e.get("definition") or {}).get("raw") or {}).get("grid") or {}
+    fields = [f for f, vals in grid.items() if isinstance(vals, list)]
+    if not fields:
+        return None
+    tag_of = {"d_model": "d", "n_prelude": "P", "n_loops": "R", "n_layers": "layers"}
+    cells: dict[tuple, list[Member]] = defaultdict(list)
+    for m in study.members(stage):
+        key = tuple(m.tags.get(tag_of.get(f, f), (m.spec.get("model") or {}).get(f)) for f in fields)
+        cells[key].append(m)
+    effects = []
+    for i, f in enumerate(fields):
+        values = sorted({k[i] for k in cells}, key=lambda v: (v is None, v))
+        for rest in sorted({k[:i] + k[i + 1:] for k in cells}, key=str):
+            base = cells.get(rest[:i] + (values[0],) + rest[i:])
+            for v in values[1:]:
+                other = cells.get(rest[:i] + (v,) + rest[i:])
+                if base and other:
+                    at = {g: x for g, x in zip(fields[:i] + fields[i + 1:], rest)}
+                    effects.append({"field": f, "from": values[0], "to": v, "at": at, "cmp": _cmp(study, other, base)})
+    return {"fields": [tag_of.get(f, f) for f in fields], "cells": dict(sorted(cells.items(), key=lambda kv: str(kv[0]))),
+            "effects": effects}
+
+
 # ---------------------------------------------------------------------- the gate and weight decay
 def gate_decay(study: Study, member: Member) -> dict | None:
     """The gate's trajectory against what AdamW's decoupled weight decay alone would do to it (SPEC §6.4).
@@ -327,5 +354,5 @@ def floors(study: Study) -> list[dict]:
     return rows
 
 
-__all__ = ["stage1", "stage2", "parity_gaps", "ablations", "gap_decomposition", "paper_gap_decomposition", "variants",
+__all__ = ["stage1", "stage2", "grid_effects", "parity_gaps", "ablations", "gap_decomposition", "paper_gap_decomposition", "variants",
            "gate_decay", "rho_summary", "vary_r", "throughput", "floors"]

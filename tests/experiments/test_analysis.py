@@ -1,0 +1,122 @@
+"""Analysis on a hand-built study: the in-domain mix and its floor, floor gating of verdicts, the claim
+records, grid effects and the gate-vs-weight-decay analysis."""
+import math
+
+import pytest
+
+from cart.experiments import analysis as A
+from cart.experiments.store import RunRequest, Store
+
+from .conftest import model
+
+
+def _finals(ppl: dict[str, float], floor: dict[str, float], tokens: int = 1000, ood: tuple = ("code",)) -> dict:
+    out = {"tokens": 4096.0, "rho_gate": 0.9}
+    for s, p in ppl.items():
+        out.update({f"ppl.{s}": p, f"loss.{s}": math.log(p), f"tokens.{s}": float(tokens if s != "b" else 3 * tokens),
+                    f"bigram_kn_ppl.{s}": floor[s], f"out_of_domain.{s}": float(s in ood)})
+    return out
+
+
+def build(path, stages: dict[str, tuple[str, list[tuple[str, dict, dict, dict]]]], margin: float | None = None) -> Store:
+    """stages: name -> (kind, [(label, tags, model fields, finals)]). Every run is recorded done."""
+    s = Store(path)
+    s.bind(tier="test", metric="in_domain")
+    if margin is not None:
+        s.bind(floor_margin=str(margin))
+    finals_of = {}
+    for stage, (kind, members) in stages.items():
+        reqs = []
+        for i, (label, tags, fields, finals) in enumerate(members):
+            seed = tags.get("seed", 42)
+            spec = {"kind": "train", "model": model(**fields), "train": {"steps": 10, "lr": 1e-3, "min_lr": 1e-4,
+                                                                         "warmup_steps": 2, "weight_decay": 0.1},
+                    "seed": seed}
+            r = RunRequest(name=f"{stage}-{label}", kind="train", spec=spec, tier="test", seed=seed)
+            reqs.append((label, {"arch": "cart", "d": 64, "P": fields.get("P", 2), "R": fields.get("R", 2), **tags}, r))
+            finals_of[f"{stage}-{label}"] = finals
+        raw = {"grid": {"n_prelude": [2, 4], "n_loops": [2, 6]}} if kind == "grid" else {}
+        assert s.add_stage(stage, {"kind": kind, "title": stage, "raw": raw}, None, reqs)
+    while (run := s.claim("w", 60)) is not None:
+        name = run.name.rsplit("-", 1)[0]
+        assert s.finish(run, summary={"final": {}}, finals=finals_of[name], metrics=[])
+    return s
+
+
+def test_in_domain_mix_and_its_floor_are_token_weighted(tmp_path):
+    f = _finals({"a": 100.0, "b": 200.0, "code": 900.0}, {"a": 150.0, "b": 250.0, "code": 800.0})
+    s = build(tmp_path, {"x": ("variants", [("m", {"variant": "v"}, {}, f)])})
+    m = A.Study(s).members("x")[0]
+    mix = math.exp((math.log(100) * 1000 + math.log(200) * 3000) / 4000)  # code is out of domain
+    assert m.metric("in_domain") == pytest.approx(mix)
+    assert m.floor("in_domain") == pytest.approx(math.exp((math.log(150) * 1000 + math.log(250) * 3000) / 4000))
+    assert m.metric("a") == 100.0 and m.floor("code") == 800.0 and m.floor_ratio("a") == pytest.approx(100 / 150)
+    assert m.clears_floor("in_domain", 0.10) and not m.clears_floor("in_domain", 0.30)
+
+
+def _ablation_study(tmp_path, no_lti_ppl, floor, margin=None):
+    ms = []
+    for seed, (base, var) in zip((42, 137, 271), no_lti_ppl):
+        ms.append((f"cart-s{seed}", {"variant": "cart", "seed": seed}, {}, _finals({"a": base, "code": 1}, {"a": floor, "code": 1})))
+        ms.append((f"nolti-s{seed}", {"variant": "no_lti", "seed": seed}, {"lti_gate": False},
+                   _finals({"a": var, "code": 1}, {"a": floor, "code": 1})))
+    return A.Study(build(tmp_path, {"ablations": ("variants", ms)}, margin))
+
+
+def _verdict(study, claim_id):
+    return next(f for f in A.findings(study) if f["id"] == claim_id)["verdict"]
+
+
+def test_no_effect_claim_reproduced_only_by_equivalence_and_only_above_the_floor(tmp_path):
+    tight = [(100.0, 100.1), (100.2, 100.15), (99.9, 99.95)]
+    assert _verdict(_ablation_study(tmp_path / "a", tight, floor=150.0), "no_lti").startswith("reproduced (equivalent")
+    worse = [(100.0, 110.0), (100.2, 110.3), (99.9, 109.8)]
+    assert _verdict(_ablation_study(tmp_path / "b", worse, floor=150.0), "no_lti").startswith("not reproduced")
+    # the same numbers below the floor (floor 90 < ppl): no verdict
+    assert _verdict(_ablation_study(tmp_path / "c", worse, floor=90.0), "no_lti").startswith("not tested: 6 of 6 runs")
+    # above the floor, but not by the study's 10 % margin
+    assert _verdict(_ablation_study(tmp_path / "d", worse, floor=115.0, margin=0.10), "no_lti").startswith("not tested")
+
+
+def test_every_finding_names_its_published_numbers_and_rule(tmp_path):
+    study = _ablation_study(tmp_path, [(100.0, 100.1), (100.2, 100.15), (99.9, 99.95)], floor=150.0)
+    for f in A.findings(study):
+        assert f["paper"] and f["measure"] and f["rule"] and f["ours"] and f["verdict"]
+    from cart.experiments import published as PUB
+    assert "no_hyper" not in {f["id"] for f in A.findings(study)}  # no such variant in this study: not evaluated
+    assert {c.id for c in A.CLAIMS} >= {"dense_stored", "dense_effective", "no_lti", "rho_decay", "contraction"}
+    assert str(PUB.ABLATIONS["unshared_core"]) in next(c for c in A.CLAIMS if c.id == "unshared_core").paper()
+
+
+def test_grid_effects_compare_each_field_at_fixed_others(tmp_path):
+    ms = []
+    for P in (2, 4):
+        for R in (2, 6):
+            for seed in (1, 2, 3):
+                p = 100.0 * (0.9 if P == 4 else 1.0) * (1 + 0.001 * seed)
+                ms.append((f"P{P}-R{R}-s{seed}", {"seed": seed}, {"P": P, "R": R}, _finals({"a": p, "code": 1}, {"a": 200.0, "code": 1})))
+    g = A.grid_effects(A.Study(build(tmp_path, {"q5": ("grid", ms)})), "q5")
+    assert sorted(g["fields"]) == ["P", "R"] and len(g["cells"]) == 4
+    byf = {(e["field"], tuple(e["at"].items())): e["cmp"] for e in g["effects"]}
+    assert len(byf) == 4
+    p_eff = byf[("n_prelude", (("n_loops", 2),))]
+    assert p_eff.rel == pytest.approx(-0.1, abs=1e-3) and p_eff.significant
+    r_eff = byf[("n_loops", (("n_prelude", 2),))]
+    assert abs(r_eff.rel) < 1e-9 and not r_eff.significant
+
+
+def test_gate_decay_explained_fraction(tmp_path):
+    """A run whose mean gate follows the decay-only trajectory exactly: decay explains 100 %."""
+    from cart.train.optim import WarmupCosine, decay_only_trajectory
+    traj = decay_only_trajectory(math.log(9.0), WarmupCosine(1e-3, 1e-4, 2, 10), 0.1, 10)
+    sig = [1 / (1 + math.exp(-a)) for a in traj]
+    s = build(tmp_path, {"stage2": ("variants", [("m", {"variant": "v"}, {"fidelity": "paper"},
+                                                  _finals({"a": 50.0, "code": 1}, {"a": 80.0, "code": 1}))])})
+    run = s.runs()[0]
+    with s.transaction() as db:  # the run's own log: gate mean / max per step
+        db.executemany("INSERT INTO metrics (run_id, step, event, name, value) VALUES (?, ?, 'train', ?, ?)",
+                       [(run.id, t, n, sig[t] + (0.001 if n == "gate_max" else 0)) for t in (2, 5, 10) for n in ("gate_mean", "gate_max")])
+    study = A.Study(s)
+    g = A.gate_decay(study, study.members("stage2")[0])
+    assert g["decayed"] and g["explained"] == pytest.approx(1.0) and g["mean_minus_pred"] < 1e-12
+    assert g["final"]["max"] == pytest.approx(sig[10] + 0.001)
