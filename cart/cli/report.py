@@ -8,8 +8,11 @@ from cart.cli import CLIError
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write a study's Markdown report with figures and exported results",
-                       description="Example: cart report runs/study-cpu --out results/cpu")
-    p.add_argument("study", help="study directory (made by `cart sweep run`)")
+                       description="Example: cart report runs/study-cpu --out results/cpu.  For standalone runs trained with "
+                                   "--ngram-floors every_eval: cart report --runs runs/pilot/A runs/pilot/B --out results/pilot "
+                                   "(tokens needed to beat the n-gram floor)")
+    p.add_argument("study", nargs="?", help="study directory (made by `cart sweep run`)")
+    p.add_argument("--runs", nargs="+", default=None, help="run directories instead of a study: learning curves against the floor")
     p.add_argument("--out", default=None, help="output directory (default: <study>/report)")
     p.add_argument("--metric", default=None, help="validation set to rank by (default: the plan's)")
     p.add_argument("--commands", default=None, help="a text file of the commands that produced the study, quoted in the report")
@@ -17,9 +20,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from cart.experiments.report import build_report
+    from cart.experiments.report import build_report, build_runs_report
     from cart.experiments.store import DB_NAME
 
+    if args.runs:
+        if args.study or not args.out:
+            raise CLIError("--runs takes run directories instead of a study, and needs --out")
+        print(f"wrote {build_runs_report(args.runs, args.out)}")
+        return 0
+    if not args.study:
+        raise CLIError("give a study directory, or --runs RUN_DIR ... --out DIR")
     if not (Path(args.study) / DB_NAME).is_file():
         raise CLIError(f"no study at {args.study} (expected {Path(args.study) / DB_NAME})")
     commands = None

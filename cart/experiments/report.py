@@ -671,4 +671,71 @@ def build_report(study_dir: str | Path, out: str | Path | None = None, metric: s
         store.close()
 
 
-__all__ = ["build_report", "table"]
+def build_runs_report(run_dirs: list[str | Path], out: str | Path, levels: tuple[float, ...] = (0.9, 0.8)) -> Path:
+    """Learning curves against the n-gram floor for standalone runs (a pilot): for each run, the
+    training tokens at which its ppl first reaches `level` x its token-matched bigram floor, per
+    in-domain set and for the in-domain mix. Needs runs trained with ngram_floors = "every_eval".
+    Writes floor_curves.md, floor_curves.json and figures/floor_curves.png into `out`."""
+    from cart.experiments.analysis.curves import crossing, floor_curve
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = Figures(out)
+    runs = []
+    for rd in map(Path, run_dirs):
+        mpath, cpath = rd / "metrics.jsonl", rd / "train_config.json"
+        if not mpath.is_file() or not cpath.is_file():
+            raise FileNotFoundError(f"{rd}: not a run directory (needs metrics.jsonl and train_config.json)")
+        cfg = json.loads(cpath.read_text())["config"]
+        tps = int(cfg["batch_size"]) * int(cfg.get("grad_accum", 1)) * int(cfg["seq_len"])
+        events = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip().startswith("{")]
+        curve = floor_curve(events, tps)
+        if not curve:
+            raise ValueError(f"{mpath}: no eval event carries n-gram floors (train with --ngram-floors every_eval)")
+        m = cfg["model"]
+        shape = (f"d{m['d_model']} P{m.get('n_prelude')} R{m.get('n_loops')}" if m.get("kind", "cart") == "cart"
+                 else f"dense d{m['d_model']} {m.get('n_layers')}L") + f", V {m['vocab_size']}"
+        end = [e for e in events if e.get("event") == "end"]
+        runs.append({"run": rd.name, "shape": shape, "recipe": f"seq {cfg['seq_len']}, batch {cfg['batch_size']}, lr {cfg['lr']}, "
+                     f"{cfg['steps']} steps ({cfg['steps'] * tps / 1e6:.1f}M tokens), {cfg.get('dtype')}",
+                     "curve": curve, "crossings": {lv: crossing(curve, lv) for lv in levels},
+                     "last": curve[-1], "tokens_per_s": end[-1].get("tokens_per_s") if end else None})
+    sets = sorted({k for r in runs for k in r["last"].ratio if k != A.IN_DOMAIN})
+    lines = ["# Learning against the n-gram floor", "",
+             "ppl / floor, where the floor is an interpolated Kneser-Ney bigram counted on exactly the tokens the run had "
+             "trained on at that step (`cart.eval.ngram`), scored on the same validation tokens. \"Tokens to x\" = the first "
+             "eval at which the token-weighted in-domain mix reaches x × its floor (interpolated in log tokens). Measured "
+             "mid-schedule, so these are upper bounds on what a run whose schedule ends there needs.", ""]
+    head = ["run", "shape", "recipe"] + [f"tokens to {lv:g}× floor" for lv in levels] + ["last eval: tokens", "ppl/floor (mix)"] + \
+        [f"ppl/floor {s}" for s in sets]
+    trs = []
+    for r in runs:
+        last = r["last"]
+        trs.append([r["run"], r["shape"], r["recipe"]] + [("not reached" if r["crossings"][lv] is None else _count(r["crossings"][lv]))
+                                                          for lv in levels]
+                   + [_count(last.tokens), _fmt(last.ratio.get(A.IN_DOMAIN), 3)] + [_fmt(last.ratio.get(s), 3) for s in sets])
+    lines += [table(head, trs), ""]
+    plt = figs.plt
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in runs:
+        pts = [(p.tokens, p.ratio[A.IN_DOMAIN]) for p in r["curve"] if A.IN_DOMAIN in p.ratio]
+        ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", ms=3, label=f"{r['run']}: {r['shape']}")
+    for lv in levels:
+        ax.axhline(lv, color="k", lw=0.6, ls=":")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("ppl / bigram floor (in-domain mix)")
+    ax.legend(fontsize=7)
+    lines += [f"![ppl over floor]({figs.save(fig, 'floor_curves')})", ""]
+    (out / "floor_curves.json").write_text(json.dumps([{"run": r["run"], "shape": r["shape"], "recipe": r["recipe"],
+                                                        "crossings": {str(k): v for k, v in r["crossings"].items()},
+                                                        "curve": [{"step": p.step, "tokens": p.tokens, "ratio": p.ratio,
+                                                                   "ppl": p.ppl, "floor": p.floor} for p in r["curve"]]}
+                                                       for r in runs], indent=1) + "\n")
+    path = out / "floor_curves.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+__all__ = ["build_report", "build_runs_report", "table"]
