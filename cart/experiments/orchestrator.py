@@ -139,7 +139,7 @@ def materialize(run: Run, run_dir: Path, store: Store | None = None) -> Path:
 
 
 def default_command(run: Run, run_dir: Path, store: Store | None = None) -> list[str]:
-    """`cart train --config run.json --out-dir DIR --resume`, or `cart eval vary-r ...` for eval runs."""
+    """`cart train --config run.json --out-dir DIR --resume`, or `cart eval vary-r|tasks ...` for eval runs."""
     path = materialize(run, run_dir, store)
     if run.kind == "train":
         return cart_argv("train", "--config", str(path.resolve()), "--out-dir", str(run_dir.resolve()), "--resume")
@@ -148,6 +148,12 @@ def default_command(run: Run, run_dir: Path, store: Store | None = None) -> list
         req = json.loads(path.read_text())
         args = ["eval", "vary-r", req["of_dir"], "--loops", ",".join(str(r) for r in spec["loops"]),
                 "--out", str((run_dir / EVAL_JSON).resolve())]
+        for k, v in sorted((spec.get("args") or {}).items()):
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        return cart_argv(*args)
+    if spec["eval"] == "tasks":
+        req = json.loads(path.read_text())
+        args = ["eval", "tasks", req["of_dir"], "--shots", str(int(spec.get("shots", 0))), "--out", str((run_dir / EVAL_JSON).resolve())]
         for k, v in sorted((spec.get("args") or {}).items()):
             args += [f"--{k.replace('_', '-')}", str(v)]
         return cart_argv(*args)
@@ -194,8 +200,12 @@ def summary_finals(summary: dict) -> dict[str, float]:
 
 def eval_finals(result: dict) -> dict[str, float]:
     """A `cart eval vary-r` result -> vary_r.<R>.ppl.<set>, vary_r.<R>.bpb.<set>, vary_r.<R>.<task>.<metric>,
-    vary_r.<R>.contraction (R is the loop count, or "adaptive")."""
+    vary_r.<R>.contraction (R is the loop count, or "adaptive"); a `cart eval tasks` result ->
+    tasks.<task>.<metric>."""
     out: dict[str, float] = {}
+    for task, m in (result.get("results") or {}).items():
+        if isinstance(m, dict):
+            out.update({f"tasks.{task}.{k}": v for k, v in flatten(m).items()})
     for row in result.get("rows") or []:
         R = row.get("n_loops")
         for name, m in (row.get("ppl") or {}).items():

@@ -7,6 +7,8 @@ selection `metric`) and an ordered table of stages. Stage kinds:
              values come from another stage's results by a rule (Stage 2 as the paper intended):
              best P = the P that wins at most widths; R* = the best R at that P (most widths);
              R set = R* + r_offsets. The choice and its evidence are stored with the stage.
+             `derive.pin = "published"` runs the paper's own Stage 2 grid instead (P 6, R 6/8/10),
+             recording what the rule would have chosen beside it.
 - `parity`   per width, a reference CART config and the dense baselines whose stored parameter
              count is nearest CART's stored and effective counts (`cart.accounting.parity`), plus
              any `extra_depths` (the paper's hand-picked 12 layers at d=1024).
@@ -14,6 +16,9 @@ selection `metric`) and an ordered table of stages. Stage kinds:
              control), optionally at several widths: ablations, fidelity, training-time variable R.
 - `vary_r`   evaluate trained models at many loop counts: the best model of a stage at its
              largest width, and every member of the listed stages.
+- `tasks`    zero- and few-shot benchmarks (`cart eval tasks`, args.tasks e.g. "paper") of the same
+             selection of models, one evaluation per entry of `shots` (default [0]).
+A stage kind is one entry of `STAGE_KINDS`: the keys it accepts, its validation, its expander.
 
 Any stage may carry a `question` (one sentence): the report introduces the stage's section with it.
 
@@ -36,7 +41,6 @@ from cart.config import CARTConfig, DenseConfig, config_from_dict, config_to_dic
 from cart.experiments.store import RunRequest, Store
 
 PLAN_DIR = Path(__file__).resolve().parent.parent / "presets" / "plans"
-STAGE_KINDS = ("grid", "parity", "variants", "vary_r")
 # model fields whose non-default value shows up in a run's name
 _FLAG_NAMES = {"fidelity": {"paper": "paperfid"}, "freeze_kv": {False: "unfrozenkv"}, "share_core": {False: "unshared"},
                "core_attention": {"self": "selfattn"}, "hyper_connections": {False: "nohyper"},
@@ -64,7 +68,7 @@ class Stage:
         deps = []
         if self.kind == "grid" and "derive" in self.raw:
             deps.append(self.raw["derive"]["from"])
-        if self.kind == "vary_r":
+        if self.kind in ("vary_r", "tasks"):
             if "best_of" in self.raw:
                 deps.append(self.raw["best_of"])
             deps += list(self.raw.get("also", []))
@@ -145,13 +149,14 @@ def _parse_stage(plan: Plan, name: str, index: int, st: dict, raw: dict, source:
     where = f"{source}: stage {name!r}"
     kind = st.get("kind")
     if kind not in STAGE_KINDS:
-        raise PlanError(f"{where}: kind must be one of {STAGE_KINDS}, got {kind!r}")
-    allowed = {"kind", "title", "question", "seeds", "train", "model"} | {
-        "grid": {"grid", "derive"}, "parity": {"widths", "reference", "targets", "extra_depths"},
-        "variants": {"base", "widths", "variants"}, "vary_r": {"loops", "best_of", "also", "args"}}[kind]
+        raise PlanError(f"{where}: kind must be one of {tuple(STAGE_KINDS)}, got {kind!r}")
+    spec = STAGE_KINDS[kind]
+    allowed = {"kind", "title", "question", "seeds", "train", "model"} | spec.keys
     bad = sorted(set(st) - allowed)
     if bad:
         raise PlanError(f"{where}: unknown key(s) {bad} for a {kind} stage; allowed: {sorted(allowed)}")
+    if "question" in st and not isinstance(st["question"], str):
+        raise PlanError(f"{where}: question must be a string, got {st['question']!r}")
     train = st.get("train", {})
     if isinstance(train, str):  # "same recipe as stage X"
         other = (raw.get("stage") or {}).get(train)
@@ -161,43 +166,61 @@ def _parse_stage(plan: Plan, name: str, index: int, st: dict, raw: dict, source:
     stage = Stage(name=name, kind=kind, index=index, title=st.get("title", name), raw=st,
                   seeds=[int(s) for s in st.get("seeds", [42])],
                   train={**(raw.get("train") or {}), **train}, model={**(raw.get("model") or {}), **st.get("model", {})})
-    if kind == "grid":
-        grid = st.get("grid") or {}
-        if not all(isinstance(v, list) and v for v in grid.values()):
-            raise PlanError(f"{where}: every grid entry must be a non-empty list")
-        if "derive" in st:
-            d = st["derive"]
-            if "from" not in d:
-                raise PlanError(f"{where}: derive needs 'from'")
-            bad = sorted(set(d) - {"from", "r_offsets", "p", "widths"})
-            if bad:
-                raise PlanError(f"{where}: unknown derive key(s) {bad}")
-    elif kind == "parity":
-        if not st.get("widths") or "reference" not in st:
-            raise PlanError(f"{where}: a parity stage needs widths and a reference CART config")
-        for t in st.get("targets", ["stored", "effective"]):
-            if t not in ("stored", "effective"):
-                raise PlanError(f"{where}: targets must be 'stored' and/or 'effective', got {t!r}")
-    elif kind == "variants":
-        if not st.get("variants"):
-            raise PlanError(f"{where}: a variants stage needs [variants]")
-        for vname, v in st["variants"].items():
-            bad = sorted(set(v) - {"model", "train", "control", "title"})
-            if bad:
-                raise PlanError(f"{where}: variant {vname!r}: unknown key(s) {bad}")
-            if v.get("control") not in (None, "shared", "unshared"):
-                raise PlanError(f"{where}: variant {vname!r}: control must be 'shared' or 'unshared'")
-    elif kind == "vary_r":
-        if not st.get("loops"):
-            raise PlanError(f"{where}: a vary_r stage needs loops")
-        if "best_of" not in st and not st.get("also"):
-            raise PlanError(f"{where}: a vary_r stage needs best_of and/or also")
+    spec.check(st, where)
     # validate every model config the stage could build now (derived ones are validated on expansion)
     try:
         config_from_dict({**stage.model}, source=where)
     except (ValueError, TypeError) as e:
         raise PlanError(str(e)) from e
     return stage
+
+
+def _check_grid(st: dict, where: str) -> None:
+    grid = st.get("grid") or {}
+    if not all(isinstance(v, list) and v for v in grid.values()):
+        raise PlanError(f"{where}: every grid entry must be a non-empty list")
+    if "derive" in st:
+        d = st["derive"]
+        if not isinstance(d, dict) or "from" not in d:
+            raise PlanError(f"{where}: derive needs 'from'")
+        bad = sorted(set(d) - {"from", "r_offsets", "p", "widths", "pin"})
+        if bad:
+            raise PlanError(f"{where}: unknown derive key(s) {bad}")
+        if d.get("pin") not in (None, "published"):
+            raise PlanError(f"{where}: derive.pin must be \"published\" (the paper's Stage 2 grid), got {d['pin']!r}")
+
+
+def _check_parity(st: dict, where: str) -> None:
+    if not st.get("widths") or "reference" not in st:
+        raise PlanError(f"{where}: a parity stage needs widths and a reference CART config")
+    for t in st.get("targets", ["stored", "effective"]):
+        if t not in ("stored", "effective"):
+            raise PlanError(f"{where}: targets must be 'stored' and/or 'effective', got {t!r}")
+
+
+def _check_variants(st: dict, where: str) -> None:
+    if not st.get("variants"):
+        raise PlanError(f"{where}: a variants stage needs [variants]")
+    for vname, v in st["variants"].items():
+        if not isinstance(v, dict):
+            raise PlanError(f"{where}: variant {vname!r} must be a table")
+        bad = sorted(set(v) - {"model", "train", "control", "title"})
+        if bad:
+            raise PlanError(f"{where}: variant {vname!r}: unknown key(s) {bad}")
+        if v.get("control") not in (None, "shared", "unshared"):
+            raise PlanError(f"{where}: variant {vname!r}: control must be 'shared' or 'unshared'")
+
+
+def _check_evaluation(st: dict, where: str) -> None:
+    if st["kind"] == "vary_r" and not st.get("loops"):
+        raise PlanError(f"{where}: a vary_r stage needs loops")
+    if st["kind"] == "tasks" and not (st.get("args") or {}).get("tasks"):
+        raise PlanError(f"{where}: a tasks stage needs args.tasks (e.g. \"paper\")")
+    if "best_of" not in st and not st.get("also"):
+        raise PlanError(f"{where}: a {st['kind']} stage needs best_of and/or also")
+    shots = st.get("shots", [0])
+    if not isinstance(shots, list) or not all(isinstance(k, int) and k >= 0 for k in shots):
+        raise PlanError(f"{where}: shots must be a list of non-negative integers, got {shots!r}")
 
 
 # ---------------------------------------------------------------------- run requests
@@ -363,103 +386,158 @@ def stage_ready(store: Store, stage: Stage) -> tuple[bool, str]:
     return True, ""
 
 
-def build_stage(plan: Plan, stage: Stage, store: Store) -> tuple[list[tuple[str, dict, RunRequest]], dict | None]:
-    """The stage's members (label, tags, request) and, for derived stages, what was derived."""
-    members: list[tuple[str, dict, RunRequest]] = []
-    derivation = None
-    st = stage.raw
-    src = f"{plan.source}: stage {stage.name!r}"
+@dataclass
+class _Expansion:
+    """What an expander builds: members (label, tags, request) and, for derived stages, the derivation."""
 
-    def add(label: str, tags: dict, model: dict, seed: int, train: dict | None = None) -> None:
-        req = train_request(plan, stage, model, seed, train)
-        members.append((label, {**model_tags(req.spec["model"]), "seed": seed, **tags}, req))
+    plan: Plan
+    stage: Stage
+    store: Store
+    members: list[tuple[str, dict, RunRequest]] = field(default_factory=list)
+    derivation: dict | None = None
 
-    if stage.kind == "grid":
-        grid = dict(st.get("grid") or {})
-        if "derive" in st:
-            d = st["derive"]
-            cells = stage_cells(store, d["from"], plan.metric)
-            derivation = derive_stage2(cells, list(d.get("r_offsets", [-2, 0, 2])), d.get("p", "best"))
-            derivation["from"] = d["from"]
-            derivation["metric"] = plan.metric
-            grid["n_prelude"] = [derivation["P"]]
-            grid["n_loops"] = derivation["R_set"]
-            if "d_model" not in grid:
-                grid["d_model"] = d.get("widths") or sorted({k[0] for k in cells})
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] for k in keys)):
-            fields = {**stage.model, **dict(zip(keys, values))}
+    @property
+    def where(self) -> str:
+        return f"{self.plan.source}: stage {self.stage.name!r}"
+
+    def train(self, label: str, tags: dict, model: dict, seed: int, train: dict | None = None) -> None:
+        req = train_request(self.plan, self.stage, model, seed, train)
+        self.members.append((label, {**model_tags(req.spec["model"]), "seed": seed, **tags}, req))
+
+
+def _expand_grid(x: _Expansion) -> None:
+    st, stage, plan = x.stage.raw, x.stage, x.plan
+    grid = dict(st.get("grid") or {})
+    if "derive" in st:
+        d = st["derive"]
+        cells = stage_cells(x.store, d["from"], plan.metric)
+        rule = derive_stage2(cells, list(d.get("r_offsets", [-2, 0, 2])), d.get("p", "best")) if cells else None
+        if d.get("pin") == "published":  # the paper's own Stage 2 grid; what the rule would pick is kept beside it
+            from cart.experiments.published import STAGE2_GRID
+            x.derivation = {"rule": "pinned to the paper's published Stage 2 grid", "P": STAGE2_GRID["n_prelude"],
+                            "R_set": list(STAGE2_GRID["n_loops"]), "rule_would_give": rule}
+        elif rule is None:
+            raise PlanError(f"{x.where}: cannot derive: stage {d['from']!r} has no finished CART runs")
+        else:
+            x.derivation = rule
+        x.derivation.update({"from": d["from"], "metric": plan.metric})
+        grid["n_prelude"] = [x.derivation["P"]]
+        grid["n_loops"] = x.derivation["R_set"]
+        if "d_model" not in grid:
+            grid["d_model"] = d.get("widths") or sorted({k[0] for k in cells})
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        fields = {**stage.model, **dict(zip(keys, values))}
+        for seed in stage.seeds:
+            m = _model_dict(fields, x.where)
+            x.train(f"{run_name('', m, seed).lstrip('-')}", {}, m, seed)
+
+
+def _expand_parity(x: _Expansion) -> None:
+    st, stage = x.stage.raw, x.stage
+    targets = st.get("targets", ["stored", "effective"])
+    extra = {int(k): v for k, v in (st.get("extra_depths") or {}).items()}
+    for d in st["widths"]:
+        ref = config_from_dict({**stage.model, **st["reference"], "d_model": d}, source=x.where)
+        if not isinstance(ref, CARTConfig):
+            raise PlanError(f"{x.where}: the parity reference must be a CART config")
+        depths: list[tuple[str, int, dict]] = []
+        for t in targets:
+            pm = parity(ref, t)
+            depths.append((t, pm.n_layers, {"target": t, "target_params": pm.target_params, "rel_error": pm.rel_error}))
+        for n in extra.get(d, []):
+            depths.append(("extra", n, {"target": "extra"}))
+        dense_base = {k: v for k, v in stage.model.items() if k in {f for f in DenseConfig.__dataclass_fields__}}
+        for seed in stage.seeds:
+            x.train(f"cart-d{d}-s{seed}", {"role": "reference"}, config_to_dict(ref), seed)
+            for t, n, tags in depths:
+                dense = {**dense_base, "kind": "dense", "d_model": d, "n_layers": n, "attention": "mha"}
+                x.train(f"dense-{t}-d{d}-L{n}-s{seed}", {"role": "dense", **tags}, dense, seed)
+
+
+def _expand_variants(x: _Expansion) -> None:
+    st, stage = x.stage.raw, x.stage
+    base = {**stage.model, **(st.get("base") or {})}
+    for d in st.get("widths") or [base.get("d_model")]:
+        for vname, v in st["variants"].items():
+            fields = {**base, **(v.get("model") or {})}
+            if d is not None:
+                fields["d_model"] = d
+            cfg = config_from_dict(fields, source=f"{x.where} variant {vname!r}")
+            if v.get("control"):
+                if not isinstance(cfg, CARTConfig):
+                    raise PlanError(f"{x.where}: variant {vname!r}: control needs a CART base config")
+                cfg = homogeneous_control(cfg, share_layers=v["control"] == "shared")
             for seed in stage.seeds:
-                m = _model_dict(fields, src)
-                add(f"{run_name('', m, seed).lstrip('-')}", {}, m, seed)
-    elif stage.kind == "parity":
-        targets = st.get("targets", ["stored", "effective"])
-        extra = {int(k): v for k, v in (st.get("extra_depths") or {}).items()}
-        for d in st["widths"]:
-            ref = config_from_dict({**stage.model, **st["reference"], "d_model": d}, source=src)
-            assert isinstance(ref, CARTConfig)
-            depths: list[tuple[str, int, dict]] = []
-            for t in targets:
-                pm = parity(ref, t)
-                depths.append((t, pm.n_layers, {"target": t, "target_params": pm.target_params, "rel_error": pm.rel_error}))
-            for n in extra.get(d, []):
-                depths.append(("extra", n, {"target": "extra"}))
-            dense_base = {k: v for k, v in stage.model.items() if k in {f for f in DenseConfig.__dataclass_fields__}}
-            for seed in stage.seeds:
-                add(f"cart-d{d}-s{seed}", {"role": "reference"}, config_to_dict(ref), seed)
-                for t, n, tags in depths:
-                    dense = {**dense_base, "kind": "dense", "d_model": d, "n_layers": n, "attention": "mha"}
-                    label = f"dense-{t}-d{d}-L{n}-s{seed}"
-                    add(label, {"role": "dense", **tags}, dense, seed)
-    elif stage.kind == "variants":
-        base = {**stage.model, **(st.get("base") or {})}
-        widths = st.get("widths") or [base.get("d_model")]
-        for d in widths:
-            for vname, v in st["variants"].items():
-                fields = {**base, **(v.get("model") or {})}
-                if d is not None:
-                    fields["d_model"] = d
-                cfg = config_from_dict(fields, source=f"{src} variant {vname!r}")
-                if v.get("control"):
-                    if not isinstance(cfg, CARTConfig):
-                        raise PlanError(f"{src}: variant {vname!r}: control needs a CART base config")
-                    cfg = homogeneous_control(cfg, share_layers=v["control"] == "shared")
-                for seed in stage.seeds:
-                    label = f"{vname}-d{cfg.d_model}-s{seed}"
-                    add(label, {"variant": vname, "title": v.get("title", vname)}, config_to_dict(cfg), seed, v.get("train"))
-    elif stage.kind == "vary_r":
-        sources: list[tuple[str, dict]] = []
-        derivation = {"metric": plan.metric}
-        if "best_of" in st:
-            m = best_run(store, st["best_of"], plan.metric)
-            if m is None:
-                raise PlanError(f"{src}: stage {st['best_of']!r} has no finished CART run to evaluate")
-            sources.append((st["best_of"], m))
-            derivation["best"] = {"stage": st["best_of"], "label": m["label"], "run": m["name"]}
-        for other in st.get("also", []):
-            sources += [(other, m) for m in store.members(other) if m["status"] == "done"]
-        seen = set()
-        for sname, m in sources:
-            run = store.run(m["run_id"])
-            if run.key in seen:
-                continue
-            seen.add(run.key)
-            cfg = config_from_dict(run.spec["model"])
+                x.train(f"{vname}-d{cfg.d_model}-s{seed}", {"variant": vname, "title": v.get("title", vname)},
+                        config_to_dict(cfg), seed, v.get("train"))
+
+
+def _evaluated_runs(x: _Expansion) -> list[tuple[str, dict]]:
+    """(stage, member) pairs an evaluation stage evaluates: the best of `best_of`, every member of `also`."""
+    st, sources = x.stage.raw, []
+    x.derivation = {"metric": x.plan.metric}
+    if "best_of" in st:
+        m = best_run(x.store, st["best_of"], x.plan.metric)
+        if m is None:
+            raise PlanError(f"{x.where}: stage {st['best_of']!r} has no finished CART run to evaluate")
+        sources.append((st["best_of"], m))
+        x.derivation["best"] = {"stage": st["best_of"], "label": m["label"], "run": m["name"]}
+    for other in st.get("also", []):
+        sources += [(other, m) for m in x.store.members(other) if m["status"] == "done"]
+    return sources
+
+
+def _expand_evaluation(x: _Expansion) -> None:
+    """vary_r: the model at many loop counts; tasks: zero-/few-shot benchmarks (one run per shot count)."""
+    st, stage, plan = x.stage.raw, x.stage, x.plan
+    sources, seen = _evaluated_runs(x), set()
+    for sname, m in sources:
+        run = x.store.run(m["run_id"])
+        if run.key in seen:
+            continue
+        seen.add(run.key)
+        cfg = config_from_dict(run.spec["model"])
+        tags = {**m["tags"], "source_stage": sname, "source_label": m["label"], "source_run": run.name,
+                "best": sname == st.get("best_of") and m is sources[0][1]}
+        if stage.kind == "vary_r":
             if isinstance(cfg, CARTConfig) and not cfg.share_core:
                 continue  # R distinct cores: only the trained R exists
-            spec = {"kind": "eval", "eval": "vary_r", "of": run.key, "loops": [int(r) for r in st["loops"]],
-                    "args": dict(st.get("args") or {})}
-            req = RunRequest(name=f"{stage.name}-{run.name}", kind="eval", spec=spec, tier=plan.tier, seed=run.seed,
-                             max_failures=plan.max_failures)
-            tags = {**m["tags"], "source_stage": sname, "source_label": m["label"], "source_run": run.name,
-                    "best": sname == st.get("best_of") and m is sources[0][1]}
-            members.append((f"{sname}:{m['label']}", tags, req))
-    _prioritise(stage, members)
-    labels = [label for label, _, _ in members]
-    dup = [label for label, n in Counter(labels).items() if n > 1]
+            evals = [({"loops": [int(r) for r in st["loops"]]}, f"{stage.name}-{run.name}", f"{sname}:{m['label']}", {})]
+        else:
+            evals = [({"shots": k}, f"{stage.name}-{k}shot-{run.name}", f"{sname}:{m['label']}:{k}shot", {"shots": k})
+                     for k in st.get("shots", [0])]
+        for extra, name, label, more_tags in evals:
+            spec = {"kind": "eval", "eval": stage.kind, "of": run.key, **extra, "args": dict(st.get("args") or {})}
+            req = RunRequest(name=name, kind="eval", spec=spec, tier=plan.tier, seed=run.seed, max_failures=plan.max_failures)
+            x.members.append((label, {**tags, **more_tags}, req))
+
+
+@dataclass(frozen=True)
+class StageKind:
+    keys: frozenset                          # keys a stage of this kind may have, beyond the common ones
+    check: Any                               # (raw stage, where) -> None, raises PlanError
+    expand: Any                              # (_Expansion) -> None
+
+
+STAGE_KINDS: dict[str, StageKind] = {
+    "grid": StageKind(frozenset({"grid", "derive"}), _check_grid, _expand_grid),
+    "parity": StageKind(frozenset({"widths", "reference", "targets", "extra_depths"}), _check_parity, _expand_parity),
+    "variants": StageKind(frozenset({"base", "widths", "variants"}), _check_variants, _expand_variants),
+    "vary_r": StageKind(frozenset({"loops", "best_of", "also", "args"}), _check_evaluation, _expand_evaluation),
+    "tasks": StageKind(frozenset({"shots", "best_of", "also", "args"}), _check_evaluation, _expand_evaluation),
+}
+
+
+def build_stage(plan: Plan, stage: Stage, store: Store) -> tuple[list[tuple[str, dict, RunRequest]], dict | None]:
+    """The stage's members (label, tags, request) and, for derived stages, what was derived."""
+    x = _Expansion(plan, stage, store)
+    STAGE_KINDS[stage.kind].expand(x)
+    _prioritise(stage, x.members)
+    dup = [label for label, n in Counter(label for label, _, _ in x.members).items() if n > 1]
     if dup:
-        raise PlanError(f"{src}: duplicate member labels {dup}")
-    return members, derivation
+        raise PlanError(f"{x.where}: duplicate member labels {dup}")
+    return x.members, x.derivation
 
 
 def expand(plan: Plan, store: Store, stages: list[Stage] | None = None) -> int:

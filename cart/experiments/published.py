@@ -24,6 +24,8 @@ STAGE2_MEAN = {
     (768, 6): 22.85, (768, 8): 22.86, (768, 10): 22.96,
     (1024, 6): 20.35, (1024, 8): 20.40, (1024, 10): 20.50,
 }
+# the Stage 2 grid itself: P = 6 at every width, R from the table above (SPEC §3)
+STAGE2_GRID = {"n_prelude": 6, "n_loops": sorted({R for (_, R) in STAGE2_MEAN}), "d_model": sorted({d for (d, _) in STAGE2_MEAN})}
 STAGE2_SPEARMAN = 0.905  # Stage 1 vs Stage 2 over the 8 shared cells (d x R in {6, 8}, P = 6)
 
 # Parity at d = 1024 (ppl_wiki, 3-seed means); CART is P = 6, R = 6

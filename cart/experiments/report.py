@@ -511,6 +511,26 @@ def _vary_r(study: A.Study, figs: Figures, paper: bool, stage: str = "vary_r", t
     return out
 
 
+def _tasks_section(study: A.Study, stage: str, title: str, paper: bool) -> list[str]:
+    """Zero-/few-shot benchmark results of the evaluated models (`cart eval tasks`), per shot count."""
+    ms = study.members(stage)
+    if not ms:
+        return []
+    out = [f"## {title}", "", "`cart eval tasks` on each selected model (lm-eval-harness conventions); acc and acc_norm in %.", ""]
+    head = ["model", "shots", "task", "acc", "acc_norm"] + (["paper (d1024, best R)"] if paper else [])
+    trs = []
+    for m in ms:
+        tasks = sorted({k.split(".")[1] for k in m.finals if k.startswith("tasks.")})
+        for t in tasks:
+            acc, norm = m.finals.get(f"tasks.{t}.acc"), m.finals.get(f"tasks.{t}.acc_norm")
+            row = [m.tags.get("source_label", m.label), m.tags.get("shots", 0), t,
+                   "—" if acc is None else f"{100 * acc:.2f}", "—" if norm is None else f"{100 * norm:.2f}"]
+            if paper:
+                row.append(_fmt(PUB.ZERO_SHOT_1024.get(t)) if m.tags.get("shots", 0) == 0 else "—")
+            trs.append(row)
+    return out + [table(head, trs), ""]
+
+
 def _grid_section(study: A.Study, stage: str, title: str, intro: str) -> list[str]:
     """A grid stage with seeds: every cell with its interval, and each grid field's effect at fixed values of the others."""
     g = A.grid_effects(study, stage)
@@ -620,6 +640,8 @@ def _stage_sections(study: A.Study, figs: Figures, paper: bool) -> list[str]:
             out += _variants_section(study, stage, title, intro)
         elif kind == "vary_r":
             out += _vary_r(study, figs, paper, stage, title if stage != "vary_r" else None)
+        elif kind == "tasks":
+            out += _tasks_section(study, stage, title, paper)
     return out
 
 

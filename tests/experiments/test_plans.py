@@ -6,11 +6,14 @@ from cart.experiments.plans import PLAN_DIR, PlanError, derive_stage2, expand, l
 from cart.experiments.store import Store
 
 
-@pytest.mark.parametrize("tier", ["smoke", "cpu", "paper"])
-def test_tier_plans_parse_with_every_stage(tier):
+PAPER_STAGES = ["stage1", "stage2", "parity", "ablations", "control", "fidelity", "vary_r_train", "vary_r"]
+
+
+@pytest.mark.parametrize("tier,extra", [("smoke", []), ("cpu", []), ("paper", ["zero_shot"])])
+def test_tier_plans_parse_with_every_stage(tier, extra):
     plan = load_plan(tier)
     assert plan.tier == tier
-    assert list(plan.stages) == ["stage1", "stage2", "parity", "ablations", "control", "fidelity", "vary_r_train", "vary_r"]
+    assert list(plan.stages) == PAPER_STAGES + extra
     variants = set(plan.stages["ablations"].raw["variants"])
     assert variants == {"cart", "unfrozen_kv", "r1", "unshared_core", "unshared_selfattn_core", "no_hyper", "no_lti",
                         "no_loop_embedding"}
@@ -38,6 +41,30 @@ def test_paper_plan_expands_to_the_published_grid(tmp_path):
         base = next(m for m in s.members("ablations") if m["tags"]["variant"] == "cart")
         ref = next(m for m in s.members("parity") if m["label"] == "cart-d1024-s42")
         assert base["run_id"] == ref["run_id"]
+
+
+def test_stage2_pinned_to_the_published_grid(tmp_path):
+    """derive.pin = "published": the paper's P 6, R 6/8/10 whatever Stage 1 says, with the rule's choice beside it."""
+    raw = {"tier": "t", "metric": "m", "model": {"vocab_size": 64, "max_seq_len": 32},
+           "train": {"steps": 1, "data": "data/none", "seq_len": 16},
+           "stage": {"s1": {"kind": "grid", "grid": {"d_model": [64], "n_loops": [1]}},
+                     "s2": {"kind": "grid", "grid": {"d_model": [64]}, "derive": {"from": "s1", "pin": "published"}}}}
+    plan = parse_plan(raw)
+    with Store(tmp_path) as s:
+        s.bind(tier="t")
+        expand(plan, s, [plan.stages["s1"]])
+        expand(plan, s, [plan.stages["s2"]])  # Stage 1 not finished: nothing derived yet
+        assert s.stage_expanded("s2") is None
+        while (run := s.claim("w", 60)) is not None:
+            s.finish(run, summary={}, finals={"ppl.m": 10.0}, metrics=[])
+        expand(plan, s, [plan.stages["s2"]])
+        der = s.stage_expanded("s2")["derivation"]
+        assert der["P"] == 6 and der["R_set"] == [6, 8, 10] and der["rule_would_give"]["R_set"] == [1, 3]
+        cells = sorted((s.run(m["run_id"]).spec["model"]["n_prelude"], s.run(m["run_id"]).spec["model"]["n_loops"])
+                       for m in s.members("s2"))
+        assert cells == [(6, 6), (6, 8), (6, 10)]
+    with pytest.raises(PlanError, match="derive.pin"):
+        parse_plan({**raw, "stage": {**raw["stage"], "s2": {"kind": "grid", "derive": {"from": "s1", "pin": "mine"}}}})
 
 
 def test_stage2_rule_on_the_papers_stage1_gives_the_papers_stage2():
