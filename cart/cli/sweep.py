@@ -84,7 +84,7 @@ def _open(args, create: bool):
         raise CLIError("--tier is required for a new study (paper, cpu, smoke, or a plan .toml)")
     try:
         plan = load_plan(tier)
-        store.bind(tier=plan.tier, metric=plan.metric)
+        store.bind(tier=plan.tier, metric=plan.metric, floor_margin=str(plan.floor_margin))
         store.set_meta_default("plan_source", str(tier))
         stages = plan.select(args.plan)
         if create:

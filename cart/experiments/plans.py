@@ -1,7 +1,9 @@
 """Plans: the paper's experiment as data (`cart/presets/plans/<tier>.toml`), expanded into runs.
 
 A plan file holds one tier: study-wide defaults (`train_preset`, `[model]`, `[train]`, the
-selection `metric`) and an ordered table of stages. Stage kinds:
+selection `metric` (a validation set, or `in_domain` for the token-weighted in-domain mix), the
+`floor_margin` by which every compared run must beat its n-gram floor before a verdict is drawn)
+and an ordered table of stages. Stage kinds:
 
 - `grid`     the Cartesian product of model fields x seeds (Stage 1). With `derive`, the P and R
              values come from another stage's results by a rule (Stage 2 as the paper intended):
@@ -85,6 +87,7 @@ class Plan:
     max_failures: int
     stages: dict[str, Stage] = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    floor_margin: float = 0.0  # verdicts need every compared run this much below its n-gram floor
 
     def select(self, names: str | list[str]) -> list[Stage]:
         """'all', a stage name, or a comma-separated list."""
@@ -122,15 +125,19 @@ def load_plan(tier: str) -> Plan:
 
 
 def parse_plan(raw: dict, source: str = "plan") -> Plan:
-    known = {"tier", "description", "metric", "train_preset", "max_failures", "model", "train", "stage"}
+    known = {"tier", "description", "metric", "floor_margin", "train_preset", "max_failures", "model", "train", "stage"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise PlanError(f"{source}: unknown top-level key(s) {unknown}; known: {sorted(known)}")
     for k in ("tier", "metric"):
         if k not in raw:
             raise PlanError(f"{source}: missing {k!r}")
+    margin = raw.get("floor_margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise PlanError(f"{source}: floor_margin must be a number in [0, 1) (0.1 = beat the n-gram floor by 10 %), got {margin!r}")
     plan = Plan(tier=raw["tier"], source=source, description=raw.get("description", ""), metric=raw["metric"],
-                train_preset=raw.get("train_preset"), max_failures=int(raw.get("max_failures", 3)), raw=raw)
+                train_preset=raw.get("train_preset"), max_failures=int(raw.get("max_failures", 3)), raw=raw,
+                floor_margin=float(margin))
     stages = raw.get("stage") or {}
     if not stages:
         raise PlanError(f"{source}: no [stage.*] tables")
@@ -305,12 +312,10 @@ def _prioritise(stage: Stage, members: list[tuple[str, dict, RunRequest]]) -> No
 
 # ---------------------------------------------------------------------- selection helpers
 def metric_value(finals: dict[str, float], metric: str) -> float | None:
-    """The selection metric of a run: perplexity on the named validation set (or a finals key)."""
-    for k in (f"ppl.{metric}", metric):
-        v = finals.get(k)
-        if v is not None and math.isfinite(v):
-            return v
-    return None
+    """The selection metric of a run: perplexity on the named validation set, the in-domain mix
+    (`in_domain`), or a finals key."""
+    from cart.experiments.analysis.view import metric_from_finals
+    return metric_from_finals(finals, metric)
 
 
 def stage_cells(store: Store, stage: str, metric: str) -> dict[tuple, list[float]]:

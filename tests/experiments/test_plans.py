@@ -9,7 +9,7 @@ from cart.experiments.store import Store
 PAPER_STAGES = ["stage1", "stage2", "parity", "ablations", "control", "fidelity", "vary_r_train", "vary_r"]
 
 
-@pytest.mark.parametrize("tier,extra", [("smoke", []), ("cpu", []), ("paper", ["zero_shot"])])
+@pytest.mark.parametrize("tier,extra", [("smoke", []), ("cpu-shape", []), ("paper", ["zero_shot"])])
 def test_tier_plans_parse_with_every_stage(tier, extra):
     plan = load_plan(tier)
     assert plan.tier == tier
@@ -18,6 +18,26 @@ def test_tier_plans_parse_with_every_stage(tier, extra):
     assert variants == {"cart", "unfrozen_kv", "r1", "unshared_core", "unshared_selfattn_core", "no_hyper", "no_lti",
                         "no_loop_embedding"}
     assert plan.stages["stage2"].after == ["stage1"]
+
+
+def test_cpu_plan_is_the_five_question_study(tmp_path):
+    """The cpu tier: five questions, three seeds per arm, verdicts only above 0.9 x the n-gram floor; arms that
+    name the same configuration share one run (39 trainings)."""
+    plan = load_plan("cpu")
+    assert list(plan.stages) == ["q1_gate", "q2_parity", "q2_control", "q3_decay", "q4_train", "q4_vary_r", "q5_p_vs_r"]
+    assert plan.metric == "in_domain" and plan.floor_margin == pytest.approx(0.10)
+    assert all(st.raw.get("question") for st in plan.stages.values())
+    with Store(tmp_path) as s:
+        s.bind(tier="cpu")
+        expand(plan, s, [st for n, st in plan.stages.items() if n != "q4_vary_r"])
+        assert all(len({m["seed"] for m in s.members(n)}) == 3 for n in plan.stages if n != "q4_vary_r")
+        assert len(s.runs()) == 39
+        q1 = {m["tags"]["variant"]: m["run_id"] for m in s.members("q1_gate") if m["seed"] == 42}
+        q3 = {m["tags"]["variant"]: m["run_id"] for m in s.members("q3_decay") if m["seed"] == 42}
+        ref = next(m["run_id"] for m in s.members("q2_parity") if m["label"] == "cart-d192-s42")
+        assert q1["paper"] == q3["decayed"] and q1["stable"] == ref
+        assert s.run(q3["exempt"]).spec["train"]["decay_everything"] is False
+        assert s.run(q1["residual"]).spec["model"]["lti_gate"] is False
 
 
 def test_paper_plan_expands_to_the_published_grid(tmp_path):
@@ -90,6 +110,8 @@ def test_plan_errors_name_the_problem():
             "a": {"kind": "grid", "grid": {"d_model": [64]}}}})
     with pytest.raises(PlanError, match="unknown tier"):
         load_plan("no-such-tier")
+    with pytest.raises(PlanError, match="floor_margin"):
+        parse_plan({"tier": "x", "metric": "m", "floor_margin": 1.5, "stage": {"a": {"kind": "grid", "grid": {"d_model": [64]}}}})
 
 
 def test_decay_only_gate_matches_the_spec():

@@ -23,6 +23,45 @@ from cart.experiments.store import Store
 IN_DOMAIN = "in_domain"
 
 
+def _ood_of(finals: dict[str, float]) -> set[str]:
+    return {k[len("out_of_domain."):] for k, v in finals.items() if k.startswith("out_of_domain.") and v}
+
+
+def _mix(finals: dict[str, float], ood: set[str] | frozenset, per_set_loss) -> float | None:
+    """exp(Σ loss_s · tokens_s / Σ tokens_s) over the in-domain sets of a run's finals."""
+    num = den = 0.0
+    sets = sorted(k[4:] for k in finals if k.startswith("ppl.") and k.count(".") == 1 and k[4:] not in ood)
+    for s in sets:
+        loss, n = per_set_loss(s), finals.get(f"tokens.{s}")
+        if loss is None or not n:
+            return None
+        num += loss * n
+        den += n
+    return math.exp(num / den) if den else None
+
+
+def metric_from_finals(finals: dict[str, float], metric: str, ood: set[str] | frozenset | None = None) -> float | None:
+    """Perplexity on a validation set, or (metric = "in_domain") the token-weighted in-domain mix; `ood`
+    defaults to the sets the run's own finals mark out of domain."""
+    if metric == IN_DOMAIN:
+        return _mix(finals, _ood_of(finals) if ood is None else ood, lambda s: finals.get(f"loss.{s}"))
+    for k in (f"ppl.{metric}", metric):
+        v = finals.get(k)
+        if v is not None and math.isfinite(v):
+            return v
+    return None
+
+
+def floor_from_finals(finals: dict[str, float], metric: str, ood: set[str] | frozenset | None = None) -> float | None:
+    """The token-matched Kneser-Ney bigram perplexity for the same metric (None if not recorded)."""
+    if metric == IN_DOMAIN:
+        def bigram_loss(s):
+            v = finals.get(f"bigram_kn_ppl.{s}")
+            return None if v is None else math.log(v)
+        return _mix(finals, _ood_of(finals) if ood is None else ood, bigram_loss)
+    return finals.get(f"bigram_kn_ppl.{metric}")
+
+
 @dataclass
 class Member:
     stage: str
@@ -36,37 +75,13 @@ class Member:
     spec: dict = field(default_factory=dict)
     ood: frozenset = frozenset()
 
-    def _sets(self) -> list[str]:
-        return sorted(k[4:] for k in self.finals if k.startswith("ppl.") and k.count(".") == 1 and k[4:] not in self.ood)
-
-    def _mix(self, per_set_loss) -> float | None:
-        num = den = 0.0
-        for s in self._sets():
-            loss, n = per_set_loss(s), self.finals.get(f"tokens.{s}")
-            if loss is None or not n:
-                return None
-            num += loss * n
-            den += n
-        return math.exp(num / den) if den else None
-
     def metric(self, metric: str) -> float | None:
         """Perplexity on a validation set, or the token-weighted in-domain mix."""
-        if metric == IN_DOMAIN:
-            return self._mix(lambda s: self.finals.get(f"loss.{s}"))
-        for k in (f"ppl.{metric}", metric):
-            v = self.finals.get(k)
-            if v is not None and math.isfinite(v):
-                return v
-        return None
+        return metric_from_finals(self.finals, metric, self.ood)
 
     def floor(self, metric: str) -> float | None:
         """The token-matched Kneser-Ney bigram perplexity for the same metric (None if not recorded)."""
-        if metric == IN_DOMAIN:
-            def bigram_loss(s):
-                v = self.finals.get(f"bigram_kn_ppl.{s}")
-                return None if v is None else math.log(v)
-            return self._mix(bigram_loss)
-        return self.finals.get(f"bigram_kn_ppl.{metric}")
+        return floor_from_finals(self.finals, metric, self.ood)
 
     def floor_ratio(self, metric: str) -> float | None:
         """ppl / floor (< 1: better than the bigram)."""
@@ -198,4 +213,4 @@ class Study:
         return None if run is None else run.spec
 
 
-__all__ = ["Member", "Study", "IN_DOMAIN"]
+__all__ = ["Member", "Study", "IN_DOMAIN", "metric_from_finals", "floor_from_finals"]
