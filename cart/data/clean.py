@@ -79,9 +79,11 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def clean_documents(docs: Iterable[str | bytes], stats: CleanStats, *, gutenberg: bool = False) -> Iterator[tuple[str, bytes]]:
-    """Yield (text, digest) for each kept document, in source order; `stats` is updated in place."""
-    seen_digests: set[bytes] = set()
+def clean_documents(docs: Iterable[str | bytes], stats: CleanStats, *, gutenberg: bool = False,
+                    seen: set[bytes] | None = None) -> Iterator[tuple[str, bytes]]:
+    """Yield (text, digest) for each kept document, in source order; `stats` is updated in place.
+    `seen`: digests of documents already kept (a resumed stream), updated in place."""
+    seen_digests: set[bytes] = set() if seen is None else seen
     for doc in docs:
         stats.seen += 1
         if isinstance(doc, bytes):

@@ -19,13 +19,24 @@ Notable features:
   instead (bounded in flight, results in order), for many-core machines where one process's reading
   and cleaning would be the bottleneck. Any worker count gives the same bytes. Throughput in MB/s is
   reported and written to stats.json;
-- every file is built in a staging folder and swapped in at the end; the manifest is free of times
-  and machine paths, so two preparations of one recipe are byte-identical; a prepared folder whose
-  recipe is unchanged is reused.
+- `order = "source"` domains (the paper's hub corpora) are read ONCE, in source order, shard by
+  shard: tokens are appended as documents arrive, a hub shard is deleted once read (bounded disk),
+  reading stops at `train_tokens`, and a checkpoint every CHECKPOINT_BYTES of text (token files
+  flushed, then the stream position, counts and dedup state written atomically) lets a killed
+  preparation resume where it stopped, giving the same bytes as an uninterrupted run;
+- validation sets defined by their own selection (`validation = {shards = "40"}`: a hub shard, a
+  split, a shuffled shard, other files) are built after training, from their first documents (or
+  lowest hashes) until val_tokens; documents that also occur in training are dropped and counted;
+- everything is built in a persistent staging folder `<root>/.<recipe>.work/` (locked against a
+  second concurrent preparation, keyed by the recipe and its sources' identities) and swapped in at
+  the end; finished domains are kept across a kill. The manifest is free of times and machine paths,
+  so two preparations of one recipe are byte-identical; a prepared folder whose recipe and sources
+  are unchanged is reused. A progress bar counts tokens (on a terminal, or with progress=True).
 """
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import json
 import multiprocessing as mp
@@ -43,8 +54,10 @@ import numpy as np
 
 from cart.data.clean import CleanStats, clean_documents
 from cart.data.fetch import data_root as resolve_root
+from cart.data.fetch import sha256_file
 from cart.data.manifest import MANIFEST_FORMAT, Manifest, dtype_for_vocab
 from cart.data.recipe import Domain, Recipe, load_recipe
+from cart.data.sources import Source
 from cart.data.tokenizer import Tokenizer, build_gpt2, build_llama2, load_tokenizer, train_bpe
 
 __all__ = ["prepare", "bench_tokenize", "iter_documents", "TokenEncoder"]
@@ -55,6 +68,8 @@ CANDIDATE_BYTES_PER_TOKEN = 8
 BATCH_BYTES = 1 << 21     # text per tokenization task (~2 MB): large enough to amortise IPC
 BATCH_DOCS = 2048
 WRITE_TOKENS = 1 << 22    # tokens buffered before a write in the final pass
+CHECKPOINT_BYTES = 64 << 20   # text between two checkpoints of a source-order stream
+WORK_FORMAT = 1           # bump when the staging folder's bookkeeping changes
 
 
 def iter_documents(domain: Domain, root: Path, stats: CleanStats | None = None) -> Iterator[tuple[str, bytes]]:
@@ -189,7 +204,12 @@ class _Written:
     extra: dict = field(default_factory=dict)
 
 
-def _scan(domain: Domain, seed: int, root: Path, train_keys: np.ndarray | None, log) -> _Scan:
+def _scan(domain: Domain, seed: int, root: Path, train_keys: np.ndarray | None, log, val_tokens: int | None = None,
+          holdout_cap: bool | None = None) -> _Scan:
+    """Keys, sizes and held-out candidates of a hash-order domain. `val_tokens` (default: the domain's)
+    sizes the candidates; `holdout_cap` (default: for training domains) keeps them under half the domain."""
+    val_tokens = domain.val_tokens if val_tokens is None else val_tokens
+    holdout_cap = (not domain.out_of_domain) if holdout_cap is None else holdout_cap
     stats = CleanStats()
     keys, nbytes = array("Q"), array("q")
     for text, digest in iter_documents(domain, root, stats):
@@ -206,12 +226,12 @@ def _scan(domain: Domain, seed: int, root: Path, train_keys: np.ndarray | None, 
     if not eligible.any():
         raise ValueError(f"out-of-domain set {domain.name!r}: all {len(k)} of its documents also occur in training")
     candidate = np.zeros(len(k), dtype=bool)
-    if domain.val_tokens:
+    if val_tokens:
         order = np.argsort(k, kind="stable")
         order = order[eligible[order]]
         cum = np.cumsum(nb[order])
-        m = int(np.searchsorted(cum, domain.val_tokens * CANDIDATE_BYTES_PER_TOKEN)) + 1
-        if not domain.out_of_domain:
+        m = int(np.searchsorted(cum, val_tokens * CANDIDATE_BYTES_PER_TOKEN)) + 1
+        if holdout_cap:
             m = min(m, len(k) // 2)  # never hold out more than half of a training domain
         candidate[order[:m]] = True
     log(f"  {domain.name}: {stats.kept:,} docs ({stats.bytes_kept / 1e6:.1f} MB) kept of {stats.seen:,}; dropped "
@@ -229,6 +249,9 @@ def _build_tokenizer(rec: Recipe, stage: Path, root: Path, scans: dict[str, _Sca
 
         def texts() -> Iterator[str]:  # the training split only: held-out candidates never reach the tokenizer
             for d in rec.train:
+                if d.order == "source":
+                    yield from _source_order_sample(d, root, cap)
+                    continue
                 cand, used = scans[d.name].candidate, 0
                 for i, (text, _) in enumerate(iter_documents(d, root)):
                     if not cand[i]:
@@ -254,30 +277,82 @@ def _build_tokenizer(rec: Recipe, stage: Path, root: Path, scans: dict[str, _Sca
     return load_tokenizer(dest, name=kind if kind != "file" else src.name)
 
 
-class _Sink:
-    """Appends token arrays to a file, hashing as it goes."""
+def _source_order_sample(d: Domain, root: Path, cap: int | None) -> Iterator[str]:
+    """Tokenizer-training text of a source-order domain: its stream after the held-out prefix (about
+    val_tokens x CANDIDATE_BYTES_PER_TOKEN bytes, when held out from the stream itself), up to `cap`
+    bytes (tokenizer.sample_bytes), else up to max_bytes or train_tokens x CANDIDATE_BYTES_PER_TOKEN."""
+    skip = d.val_tokens * CANDIDATE_BYTES_PER_TOKEN if d.validation is None else 0
+    cap = cap or d.max_bytes or (d.train_tokens * CANDIDATE_BYTES_PER_TOKEN if d.train_tokens else None)
+    skipped = used = 0
+    for text, _ in iter_documents(d, root):
+        if skipped < skip:
+            skipped += len(text.encode("utf-8"))
+            continue
+        yield text
+        used += len(text)
+        if cap and used >= cap:
+            return
 
-    def __init__(self, path: Path):
+
+class _Sink:
+    """Appends token arrays to a file, hashing as it goes. `keep=n` reopens a file of a resumed
+    stream, cut back to its first n tokens (the hash is then taken from the file at the end)."""
+
+    def __init__(self, path: Path, keep: int | None = None, dtype: np.dtype | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.f, self.h, self.tokens = open(path, "wb"), hashlib.sha256(), 0
+        self.path, self.h, self.tokens = path, hashlib.sha256(), 0
+        if keep is None:
+            self.f = open(path, "wb")
+        else:
+            self.f = open(path, "r+b" if path.exists() else "w+b")
+            self.f.truncate(keep * np.dtype(dtype).itemsize)
+            self.f.seek(0, os.SEEK_END)
+            self.tokens, self.h = keep, None
 
     def write(self, arr: np.ndarray) -> None:
         b = arr.tobytes()
         self.f.write(b)
-        self.h.update(b)
+        if self.h is not None:
+            self.h.update(b)
         self.tokens += len(arr)
+
+    def flush(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
 
     def close(self) -> str:
         self.f.close()
-        return self.h.hexdigest()
+        return self.h.hexdigest() if self.h is not None else sha256_file(self.path)
+
+
+class _Bar:
+    """A progress bar in tokens on stderr (tqdm), or nothing."""
+
+    def __init__(self, enabled: bool, desc: str, total: int | None = None, initial: int = 0):
+        self.t = None
+        if enabled:
+            from tqdm import tqdm
+            self.t = tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True, file=sys.stderr,
+                          dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+    def update(self, n: int) -> None:
+        if self.t is not None:
+            self.t.update(n)
+
+    def close(self) -> None:
+        if self.t is not None:
+            self.t.close()
 
 
 def _pack_domain(d: Domain, scan: _Scan, enc: TokenEncoder, stage: Path, root: Path, dtype: np.dtype, tmpdir: Path,
-                 log) -> tuple[_Written | None, _Written | None]:
-    """Tokenize one domain: (training file, validation file); either may be None."""
+                 log, bar: _Bar | None = None, train_output: bool | None = None) -> tuple[_Written | None, _Written | None]:
+    """Tokenize one hash-order domain: (training file, validation file); either may be None.
+    `train_output` (default: for training domains) writes the training file."""
+    bar = bar or _Bar(False, "")
+    train_output = (not d.out_of_domain) if train_output is None else train_output
     cand_texts: list[tuple[int, int, str]] = []   # (key, doc index, text) of held-out candidates
     train_idx = array("q")
-    tmp = _Sink(tmpdir / f"{d.name}.unordered") if not d.out_of_domain else None
+    tmp = _Sink(tmpdir / f"{d.name}.unordered") if train_output else None
     tmp_lengths = []
 
     def train_texts() -> Iterator[str]:
@@ -291,6 +366,7 @@ def _pack_domain(d: Domain, scan: _Scan, enc: TokenEncoder, stage: Path, root: P
     for flat, lengths in enc.encode(_batches(train_texts())):
         tmp.write(flat)
         tmp_lengths.append(lengths)
+        bar.update(len(flat))
 
     val = None
     spill: list[int] = []
@@ -303,6 +379,7 @@ def _pack_domain(d: Domain, scan: _Scan, enc: TokenEncoder, stage: Path, root: P
         flat_iter = enc.encode(_batches(t for _, _, t in cand_texts))
         j = 0
         for flat, lengths in flat_iter:
+            bar.update(len(flat))
             offs = np.concatenate([[0], np.cumsum(lengths)])
             for k, n in enumerate(lengths):
                 _, i, _ = cand_texts[j]
@@ -354,25 +431,339 @@ def _pack_domain(d: Domain, scan: _Scan, enc: TokenEncoder, stage: Path, root: P
     return out, val
 
 
+# --------------------------------------------------------------------------------------------
+# source-order streams: one pass, resumable
+
+class _Records:
+    """A file of fixed-size records (dedup digests, document keys) that a resumed stream cuts back."""
+
+    def __init__(self, path: Path, size: int, keep: int):
+        self.path, self.size, self.n = path, size, keep
+        self.f = open(path, "r+b" if path.exists() else "w+b")
+        self.f.truncate(keep * size)
+        self.f.seek(0, os.SEEK_END)
+
+    def append(self, b: bytes) -> None:
+        self.f.write(b)
+        self.n += 1
+
+    def flush(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def read(self) -> bytes:
+        self.flush()
+        self.f.seek(0)
+        data = self.f.read(self.n * self.size)
+        self.f.seek(0, os.SEEK_END)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _stream_domain(d: Domain, seed: int, enc: TokenEncoder, work: "_Work", root: Path, dtype: np.dtype, log,
+                   progress: bool) -> dict:
+    """Tokenize a source-order training domain in one pass: the first documents fill its held-out set
+    (when it has no validation selection), the rest go to training until train_tokens. Checkpoints
+    every CHECKPOINT_BYTES of text; resumes from the last one. Returns the domain's done-record."""
+    name, holdout = d.name, (d.val_tokens if d.validation is None else 0)
+    st = work.load_state(name)
+    if st:
+        log(f"  {name}: resuming at {d.source.locate(root, st['pos']) if st['pos'] else 'the start'} "
+            f"({st['train']['tokens']:,} training tokens already written)")
+    stats = CleanStats(**st["stats"]) if st else CleanStats()
+    digests = _Records(work.meta / f"stream.{name}.digests", 16, st["digests"] if st else 0)
+    keys = _Records(work.meta / f"stream.{name}.keys", 8, st["keys"] if st else 0)
+    raw_digests = digests.read()
+    seen = {raw_digests[i:i + 16] for i in range(0, len(raw_digests), 16)}
+    train_sink = _Sink(work.dir / "train" / f"{name}.bin", keep=st["train"]["tokens"] if st else 0, dtype=dtype)
+    train = _Written(f"train/{name}.bin", **(st["train"] if st else {}))
+    val_sink = val = None
+    if holdout:
+        val_sink = _Sink(work.dir / "val" / f"{name}.bin", keep=st["val"]["tokens"] if st else 0, dtype=dtype)
+        val = _Written(f"val/{name}.bin", **(st["val"] if st else {}))
+    val_full = st["val_full"] if st else not holdout
+    read_bytes = st["read_bytes"] if st else 0
+
+    position = {"pos": st["pos"] if st else None}
+    src = d.source.stream(root, position["pos"])
+
+    def raw():
+        for doc, pos in src:
+            position["pos"] = pos
+            yield doc
+
+    # per batch: each document's (bytes, digest, position after it, cleaning counts after it), then the
+    # stream's state at the batch's end. Per-document snapshots make what is recorded independent of
+    # where batches (and resumptions) fall.
+    pending: collections.deque = collections.deque()
+    end: dict = {}  # the stream's state once it is exhausted
+    end: dict = {}  # the stream's state once it is exhausted
+
+    def snapshot() -> dict:
+        return {"pos": position["pos"], "stats": stats.to_dict(), "read_bytes": read_bytes}
+
+    def batches() -> Iterator[list[str]]:
+        nonlocal read_bytes
+        texts, docs, size = [], [], 0
+        for text, digest in clean_documents(raw(), stats, gutenberg=d.source.gutenberg, seen=seen):
+            nb = len(text.encode("utf-8"))
+            read_bytes += nb
+            texts.append(text)
+            docs.append((nb, digest, snapshot()))
+            size += len(text)
+            capped = bool(d.max_bytes and read_bytes >= d.max_bytes)
+            if size >= BATCH_BYTES or len(texts) >= BATCH_DOCS or capped:
+                pending.append((docs, docs[-1][2]))
+                yield texts
+                texts, docs, size = [], [], 0
+            if capped:
+                end["state"] = snapshot()
+                return
+        if texts:
+            pending.append((docs, snapshot()))  # the end of the stream: trailing dropped documents counted
+            yield texts
+        end["state"] = snapshot()
+
+    def checkpoint(stream_state: dict) -> None:
+        for f in (train_sink, val_sink, digests, keys):
+            if f is not None:
+                f.flush()
+        work.save_state(name, {**stream_state, "val_full": val_full, "digests": digests.n, "keys": keys.n,
+                               "train": {"docs": train.docs, "bytes": train.bytes, "tokens": train_sink.tokens},
+                               "val": {"docs": val.docs, "bytes": val.bytes, "tokens": val_sink.tokens} if val else None})
+
+    bar = _Bar(progress, f"{name} (train tokens)", total=d.train_tokens, initial=train_sink.tokens)
+    last = {"pos": st["pos"], "stats": st["stats"], "read_bytes": st["read_bytes"]} if st else snapshot()
+    finished, since = bool(d.train_tokens and train_sink.tokens >= d.train_tokens), 0
+    gen = enc.encode(batches())
+    try:
+        for flat, lengths in (() if finished else gen):
+            docs, stream_state = pending.popleft()
+            offs = np.concatenate([[0], np.cumsum(lengths)])
+            before = train_sink.tokens
+            for j, (nb, digest, snap) in enumerate(docs):
+                toks = flat[offs[j]:offs[j + 1]]
+                if not val_full:
+                    val_sink.write(toks)
+                    val.docs += 1
+                    val.bytes += nb
+                    val_full = val_sink.tokens >= holdout
+                else:
+                    train_sink.write(toks)
+                    train.docs += 1
+                    train.bytes += nb
+                    keys.append(_doc_key(seed, digest).to_bytes(8, "little"))
+                digests.append(digest)
+                last = snap
+                if d.train_tokens and train_sink.tokens >= d.train_tokens:
+                    finished = True
+                    break
+            bar.update(train_sink.tokens - before)
+            since += sum(nb for nb, _, _ in docs)
+            if finished:
+                break
+            last = stream_state
+            if since >= CHECKPOINT_BYTES:
+                checkpoint(stream_state)
+                since = 0
+        if not finished and "state" in end:
+            last = end["state"]  # read to the end: documents dropped after the last kept one count too
+    finally:
+        gen.close()
+        bar.close()
+    d.source.release(root)
+    stats, until = CleanStats(**last["stats"]), last["pos"]
+    keys.flush()
+    digests.close()
+    train.tokens, train.sha256 = train_sink.tokens, train_sink.close()
+    if train.tokens == 0:
+        raise ValueError(f"domain {name!r}: no training tokens left after holding out validation")
+    train.extra["until"] = d.source.locate(root, until) if until else None
+    if val is not None:
+        val.tokens, val.sha256 = val_sink.tokens, val_sink.close()
+        val.extra = {"out_of_domain": False, "source": d.source.name, "requested_tokens": d.val_tokens,
+                     "definition": f"the first documents of the stream until {d.val_tokens:,} tokens; training starts after them"}
+        if val.tokens < d.val_tokens:
+            log(f"  warning: validation set {name!r} has {val.tokens:,} tokens, fewer than the {d.val_tokens:,} requested")
+    keys.close()
+    log(f"  {name}: {stats.kept:,} docs ({stats.bytes_kept / 1e6:.1f} MB) kept of {stats.seen:,} read; dropped "
+        f"{stats.empty} empty, {stats.duplicate} duplicate; stopped at {train.extra['until']}")
+    return {"train": _record(train), "val": _record(val) if val else None,
+            "cleaning": {**stats.to_dict(), "dropped_in_training": 0}}
+
+
+def _record(w: _Written) -> dict:
+    return {"path": w.path, "docs": w.docs, "bytes": w.bytes, "tokens": w.tokens, "sha256": w.sha256, "extra": w.extra}
+
+
+def _written(r: dict | None) -> _Written | None:
+    return None if r is None else _Written(r["path"], r["docs"], r["bytes"], r["tokens"], r["sha256"], dict(r["extra"]))
+
+
+def _build_validation(name: str, source: Source, order: str, val_tokens: int, ood: bool, seed: int, train_keys: np.ndarray,
+                      enc: TokenEncoder, stage: Path, root: Path, dtype: np.dtype, tmpdir: Path, log, progress: bool) -> dict:
+    """A validation set from its own selection: its first documents (order "source") or lowest-hash
+    documents ("hash") until val_tokens, leaving out documents that also occur in training."""
+    vd = Domain(name, source, True, val_tokens, order=order)
+    bar = _Bar(progress, f"{name} (validation tokens)", total=val_tokens)
+    try:
+        if order == "hash":
+            scan = _scan(vd, seed, root, train_keys, log, holdout_cap=False)
+            _, va = _pack_domain(vd, scan, enc, stage, root, dtype, tmpdir, log, bar, train_output=False)
+            stats, dropped = scan.stats, scan.dropped_overlap
+        else:
+            stats, dropped, nbytes = CleanStats(), 0, collections.deque()
+
+            def texts() -> Iterator[str]:
+                nonlocal dropped
+                for text, digest in iter_documents(vd, root, stats):
+                    k = np.uint64(_doc_key(seed, digest))
+                    i = int(np.searchsorted(train_keys, k))
+                    if i < len(train_keys) and train_keys[i] == k:
+                        dropped += 1
+                        continue
+                    nbytes.append(len(text.encode("utf-8")))
+                    yield text
+
+            sink = _Sink(stage / "val" / f"{name}.bin")
+            va = _Written(f"val/{name}.bin", extra={"out_of_domain": ood, "source": source.name, "requested_tokens": val_tokens})
+            gen = enc.encode(_batches(texts()))
+            try:
+                for flat, lengths in gen:
+                    offs = np.concatenate([[0], np.cumsum(lengths)])
+                    for j in range(len(lengths)):
+                        sink.write(flat[offs[j]:offs[j + 1]])
+                        va.docs += 1
+                        va.bytes += nbytes.popleft()
+                        if sink.tokens >= val_tokens:
+                            break
+                    bar.update(int(offs[j + 1]))
+                    if sink.tokens >= val_tokens:
+                        break
+            finally:
+                gen.close()
+            va.tokens, va.sha256 = sink.tokens, sink.close()
+            if va.tokens == 0:
+                raise ValueError(f"validation set {name!r} ({source.describe(root)}) has no documents outside training")
+            if va.tokens < val_tokens:
+                log(f"  warning: validation set {name!r} has {va.tokens:,} tokens, fewer than the {val_tokens:,} requested")
+    finally:
+        bar.close()
+        source.release(root)
+    va.extra["out_of_domain"] = ood
+    which = "first documents" if order == "source" else "lowest-hash documents"
+    va.extra["definition"] = (f"the {which} of {source.describe(root)} until {val_tokens:,} tokens"
+                              f"{f'; {dropped} also in training dropped' if dropped else ''}")
+    log(f"  packed validation {name}: {va.tokens:,} tokens / {va.docs:,} docs [{va.extra['definition']}]")
+    return {"val": _record(va), "cleaning": {**stats.to_dict(), "dropped_in_training": dropped}}
+
+
+# --------------------------------------------------------------------------------------------
+# the staging folder
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _Work:
+    """`<root>/.<recipe>.work/`: the prepared folder under construction, kept across a kill.
+
+    `.state/` inside it holds the bookkeeping (removed before the folder is swapped in): _key.json
+    (what is being built: the recipe's sha256 and its sources' identities; a different key discards
+    the folder), <part>.done.json per finished part (_tokenizer, train.<domain>, validation.<domain>,
+    ood.<name>), stream.<domain>.json checkpoints of a stream in progress and its digests/keys. A lock file beside it refuses a second concurrent preparation."""
+
+    def __init__(self, root: Path, name: str, key: dict, force: bool, log):
+        self.dir, self.meta = root / f".{name}.work", root / f".{name}.work" / ".state"
+        self._lock = open(root / f".{name}.lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ValueError(f"another `cart data prepare {name}` is running on {root} (it holds {root / f'.{name}.lock'})") from None
+        key = json.loads(json.dumps(key))
+        key_path = self.meta / "_key.json"
+        same = not force and key_path.exists() and json.loads(key_path.read_text()) == key
+        if same:
+            log(f"resuming the unfinished preparation in {self.dir}")
+        else:
+            if self.dir.exists():
+                if not force:
+                    log(f"discarding {self.dir}: an unfinished preparation of another version of the recipe or its sources")
+                shutil.rmtree(self.dir)
+            self.meta.mkdir(parents=True)
+            _atomic_write(key_path, json.dumps(key, indent=1, sort_keys=True))
+
+    def _json(self, name: str) -> dict | None:
+        p = self.meta / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def done(self, part: str) -> dict | None:
+        return self._json(f"{part}.done")
+
+    def mark_done(self, part: str, record: dict) -> None:
+        _atomic_write(self.meta / f"{part}.done.json", json.dumps(record))
+
+    def load_state(self, domain: str) -> dict | None:
+        return self._json(f"stream.{domain}")
+
+    def save_state(self, domain: str, state: dict) -> None:
+        _atomic_write(self.meta / f"stream.{domain}.json", json.dumps(state))
+
+    def finish(self, root: Path, out: Path) -> None:
+        """Swap the finished folder in: readers never see a half-written preparation."""
+        shutil.rmtree(self.meta)
+        if out.exists():
+            old = root / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            self.dir.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.dir.rename(out)
+
+    def close(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+
 def _source_identities(rec: Recipe, root: Path) -> dict:
-    return {d.name: {"source": d.source.name, **d.source.identity(root)} for d in rec.domains}
+    out = {}
+    for d in rec.domains:
+        out[d.name] = {"source": d.source.name, **d.source.identity(root)}
+        if d.validation is not None:
+            out[d.name]["validation"] = {"source": d.validation.name, **d.validation.identity(root)}
+    return out
 
 
 def _up_to_date(out: Path, rec: Recipe, root: Path) -> bool:
     """Same recipe file, same source files (by checksum), and every token file present at its size."""
     try:
         m = Manifest.load(out)
-        if m.data["recipe"].get("sha256") != rec.sha256 or m.data.get("sources") != _source_identities(rec, root):
+        if m.data["recipe"].get("sha256") != rec.sha256 or m.data.get("sources") != json.loads(json.dumps(_source_identities(rec, root))):
             return False
-    except (FileNotFoundError, ValueError, KeyError):  # not prepared, or a source not fetched
+    except (FileNotFoundError, ValueError, KeyError):  # not prepared, or a source not fetched / not reachable
         return False
     files = [(d.path, d.tokens) for d in m.train.values()] + [(v.path, v.tokens) for v in m.val_sets.values()]
     return m.tokenizer_path.exists() and all(p.exists() and p.stat().st_size == n * m.dtype.itemsize for p, n in files)
 
 
 def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = None, workers: int | None = None,
-            force: bool = False, log=print) -> Path:
-    """Prepare a recipe (a preset name or a .toml path) under the data root; return the prepared folder."""
+            force: bool = False, log=print, progress: bool | None = None) -> Path:
+    """Prepare a recipe (a preset name or a .toml path) under the data root; return the prepared folder.
+
+    progress: a progress bar in tokens on stderr (default: when stderr is a terminal). A preparation
+    that was killed resumes where it stopped when run again (`force=True` starts afresh)."""
     rec = load_recipe(recipe)
     root = resolve_root(data_root)
     out = root / rec.name
@@ -380,43 +771,94 @@ def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = Non
         log(f"{out} is up to date (recipe {rec.name}, sha256 {rec.sha256[:12]}…)")
         return out
     workers = workers or 1
+    progress = sys.stderr.isatty() if progress is None else progress
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
     log(f"preparing recipe {rec.name!r} into {out}")
-    for d in rec.domains:  # every download first: a missing source fails before any work is done
-        d.source.fetch(root, log)
+    for d in rec.domains:  # every download and hub selection first: a missing source fails before any work is done
+        d.source.ready(root, log)
+        if d.validation is not None:
+            d.validation.ready(root, log)
+    identities = _source_identities(rec, root)
     timings["fetch_s"] = time.perf_counter() - t_start
 
-    t0 = time.perf_counter()
-    log("scanning sources")
-    scans: dict[str, _Scan] = {}
-    for d in rec.train:
-        scans[d.name] = _scan(d, rec.seed, root, None, log)
-    train_keys = np.unique(np.concatenate([s.keys for s in scans.values()]))
-    for d in rec.ood:
-        scans[d.name] = _scan(d, rec.seed, root, train_keys, log)
-    timings["scan_s"] = time.perf_counter() - t0
-
     root.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{rec.name}.partial-", dir=root))
+    work = _Work(root, rec.name, {"format": WORK_FORMAT, "manifest": MANIFEST_FORMAT, "recipe_sha256": rec.sha256,
+                                  "sources": identities}, force, log)
     try:
         t0 = time.perf_counter()
-        tok = _build_tokenizer(rec, stage, root, scans, log)
+        hashed = [d for d in rec.train if d.order == "hash"]
+        if hashed:
+            log("scanning sources")
+        scans: dict[str, _Scan] = {}
+        for d in hashed:
+            scans[d.name] = _scan(d, rec.seed, root, None, log, val_tokens=0 if d.validation is not None else None)
+        timings["scan_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        tok_rec = work.done("_tokenizer")
+        if tok_rec is None:
+            tok = _build_tokenizer(rec, work.dir, root, scans, log)
+            work.mark_done("_tokenizer", {"file": tok.path.name, "name": tok.name})
+        else:
+            tok = load_tokenizer(work.dir / tok_rec["file"], name=tok_rec["name"])
         timings["tokenizer_s"] = time.perf_counter() - t0
         dtype = dtype_for_vocab(tok.vocab_size)
 
         t0 = time.perf_counter()
-        train: dict[str, _Written] = {}
-        val: dict[str, _Written] = {}
-        with TokenEncoder(tok, dtype, workers) as enc, tempfile.TemporaryDirectory(dir=stage) as tmp:
-            for d in rec.domains:
-                tr, va = _pack_domain(d, scans[d.name], enc, stage, root, dtype, Path(tmp), log)
-                if tr:
-                    train[d.name] = tr
-                if va:
-                    val[d.name] = va
+        parts: dict[str, dict] = {}   # done-records: {"train", "val", "cleaning"} per domain, "<name>:validation"
+        with TokenEncoder(tok, dtype, workers) as enc, tempfile.TemporaryDirectory(dir=work.meta) as tmp:
+            for d in rec.train:
+                rec_d = work.done(f"train.{d.name}")
+                if rec_d is None:
+                    if d.order == "hash":
+                        bar = _Bar(progress, f"{d.name} (tokens)")
+                        try:
+                            tr, va = _pack_domain(d, scans[d.name], enc, work.dir, root, dtype, Path(tmp), log, bar)
+                        finally:
+                            bar.close()
+                        d.source.release(root)
+                        rec_d = {"train": _record(tr), "val": _record(va) if va else None}
+                    else:
+                        rec_d = _stream_domain(d, rec.seed, enc, work, root, dtype, log, progress)
+                    work.mark_done(f"train.{d.name}", rec_d)
+                parts[d.name] = rec_d
+                tr, va = _written(rec_d["train"]), _written(rec_d["val"])
                 log(f"  packed {d.name}: " + ", ".join(f"{k} {w.tokens:,} tokens / {w.docs:,} docs" for k, w in (("train", tr), ("val", va)) if w))
+
+            # every training document's key: validation sets and out-of-domain sets must not repeat them
+            keys = [s.keys for s in scans.values()]
+            keys += [np.fromfile(work.meta / f"stream.{d.name}.keys", dtype="<u8").astype(np.uint64) for d in rec.train if d.order == "source"]
+            train_keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+
+            for d in rec.train:
+                if d.validation is not None:
+                    part = f"validation.{d.name}"
+                    rec_v = work.done(part)
+                    if rec_v is None:
+                        rec_v = _build_validation(d.name, d.validation, d.order, d.val_tokens, False, rec.seed, train_keys,
+                                                  enc, work.dir, root, dtype, Path(tmp), log, progress)
+                        work.mark_done(part, rec_v)
+                    parts[part] = rec_v
+            for d in rec.ood:
+                rec_o = work.done(f"ood.{d.name}")
+                if rec_o is None:
+                    if d.order == "hash":
+                        scans[d.name] = scan = _scan(d, rec.seed, root, train_keys, log)
+                        bar = _Bar(progress, f"{d.name} (tokens)")
+                        try:
+                            _, va = _pack_domain(d, scan, enc, work.dir, root, dtype, Path(tmp), log, bar)
+                        finally:
+                            bar.close()
+                        d.source.release(root)
+                        rec_o = {"train": None, "val": _record(va), "cleaning": {**scan.stats.to_dict(), "dropped_in_training": scan.dropped_overlap}}
+                        log(f"  packed {d.name}: val {va.tokens:,} tokens / {va.docs:,} docs")
+                    else:
+                        rec_o = _build_validation(d.name, d.source, "source", d.val_tokens, True, rec.seed, train_keys,
+                                                  enc, work.dir, root, dtype, Path(tmp), log, progress)
+                    work.mark_done(f"ood.{d.name}", rec_o)
+                parts[d.name] = rec_o
         timings["tokenize_pack_s"] = time.perf_counter() - t0
         mb_s = enc.bytes / 1e6 / max(enc.seconds, 1e-9)
         log(f"tokenized {enc.bytes / 1e6:.1f} MB into {enc.tokens:,} tokens in {enc.seconds:.1f} s "
@@ -428,31 +870,43 @@ def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = Non
             "tokenizer": tok.info(),
             "dtype": dtype.name,
             "interleave": {"chunk_len": rec.chunk_len, "cycle": rec.cycle},
-            "sources": _source_identities(rec, root),
-            "cleaning": {d.name: {**scans[d.name].stats.to_dict(), "dropped_in_training": scans[d.name].dropped_overlap}
-                         for d in rec.domains},
-            "train": {k: {"path": w.path, "docs": w.docs, "bytes": w.bytes, "tokens": w.tokens, "sha256": w.sha256} for k, w in train.items()},
-            "val": {k: {"path": w.path, "docs": w.docs, "bytes": w.bytes, "tokens": w.tokens, "sha256": w.sha256, **w.extra}
-                    for k, w in val.items()},
+            "sources": identities,
+            "cleaning": {d.name: _cleaning(d, scans, parts) for d in rec.domains},
+            "train": {d.name: _train_entry(parts[d.name]["train"]) for d in rec.train},
+            "val": {d.name: _val_entry(r) for d in rec.domains
+                    if (r := (parts[f"validation.{d.name}"] if d.validation is not None else parts[d.name])["val"])},
         }
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        (work.dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         timings["total_s"] = time.perf_counter() - t_start
         stats = {"timings": timings, "tokenize": {"bytes": enc.bytes, "tokens": enc.tokens, "seconds": enc.seconds,
                                                   "mb_per_s": mb_s, "workers": workers}}
-        (stage / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        # swap the finished folder in: readers never see a half-written preparation
-        if out.exists():
-            old = root / f".{rec.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            stage.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.rename(out)
+        (work.dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        work.finish(root, out)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        work.close()
     log(f"done in {timings['total_s']:.1f} s: {out}")
     return out
+
+
+def _cleaning(d: Domain, scans: dict[str, _Scan], parts: dict[str, dict]) -> dict:
+    if d.name in scans:
+        out = {**scans[d.name].stats.to_dict(), "dropped_in_training": scans[d.name].dropped_overlap}
+    else:
+        out = dict(parts[d.name]["cleaning"])
+    if d.validation is not None:
+        out["validation"] = parts[f"validation.{d.name}"]["cleaning"]
+    return out
+
+
+def _train_entry(r: dict) -> dict:
+    entry = {k: r[k] for k in ("path", "docs", "bytes", "tokens", "sha256")}
+    if "until" in r["extra"]:
+        entry["until"] = r["extra"]["until"]
+    return entry
+
+
+def _val_entry(r: dict) -> dict:
+    return {**{k: r[k] for k in ("path", "docs", "bytes", "tokens", "sha256")}, **r["extra"]}
 
 
 def bench_tokenize(recipe: str = "cpu", data_root: str | os.PathLike | None = None, workers: int | None = None,

