@@ -284,14 +284,19 @@ def _source_order_sample(d: Domain, root: Path, cap: int | None) -> Iterator[str
     skip = d.val_tokens * CANDIDATE_BYTES_PER_TOKEN if d.validation is None else 0
     cap = cap or d.max_bytes or (d.train_tokens * CANDIDATE_BYTES_PER_TOKEN if d.train_tokens else None)
     skipped = used = 0
-    for text, _ in iter_documents(d, root):
-        if skipped < skip:
-            skipped += len(text.encode("utf-8"))
-            continue
-        yield text
-        used += len(text)
-        if cap and used >= cap:
-            return
+    stream = d.source.stream(root)  # read as the training pass will: hub shards freed once read
+    try:
+        for text, _ in clean_documents((doc for doc, _ in stream), CleanStats(), gutenberg=d.source.gutenberg):
+            if skipped < skip:
+                skipped += len(text.encode("utf-8"))
+                continue
+            yield text
+            used += len(text)
+            if cap and used >= cap:
+                return
+    finally:
+        stream.close()
+        d.source.release(root)
 
 
 class _Sink:
@@ -614,36 +619,45 @@ def _build_validation(name: str, source: Source, order: str, val_tokens: int, oo
             _, va = _pack_domain(vd, scan, enc, stage, root, dtype, tmpdir, log, bar, train_output=False)
             stats, dropped = scan.stats, scan.dropped_overlap
         else:
-            stats, dropped, nbytes = CleanStats(), 0, collections.deque()
+            # per document: its bytes and the counts after it, so what is recorded stops at the last
+            # document used, wherever the batches fall
+            live, dropped, docs, end = CleanStats(), 0, collections.deque(), {}
 
             def texts() -> Iterator[str]:
                 nonlocal dropped
-                for text, digest in iter_documents(vd, root, stats):
+                for text, digest in iter_documents(vd, root, live):
                     k = np.uint64(_doc_key(seed, digest))
                     i = int(np.searchsorted(train_keys, k))
                     if i < len(train_keys) and train_keys[i] == k:
                         dropped += 1
                         continue
-                    nbytes.append(len(text.encode("utf-8")))
+                    docs.append((len(text.encode("utf-8")), live.to_dict(), dropped))
                     yield text
+                end["state"] = (live.to_dict(), dropped)
 
             sink = _Sink(stage / "val" / f"{name}.bin")
             va = _Written(f"val/{name}.bin", extra={"out_of_domain": ood, "source": source.name, "requested_tokens": val_tokens})
             gen = enc.encode(_batches(texts()))
+            last = (CleanStats().to_dict(), 0)
             try:
                 for flat, lengths in gen:
                     offs = np.concatenate([[0], np.cumsum(lengths)])
                     for j in range(len(lengths)):
                         sink.write(flat[offs[j]:offs[j + 1]])
+                        nb, counts, dropped_then = docs.popleft()
                         va.docs += 1
-                        va.bytes += nbytes.popleft()
+                        va.bytes += nb
+                        last = (counts, dropped_then)
                         if sink.tokens >= val_tokens:
                             break
                     bar.update(int(offs[j + 1]))
                     if sink.tokens >= val_tokens:
                         break
+                else:
+                    last = end.get("state", last)  # read to the end: every document counts
             finally:
                 gen.close()
+            stats, dropped = CleanStats(**last[0]), last[1]
             va.tokens, va.sha256 = sink.tokens, sink.close()
             if va.tokens == 0:
                 raise ValueError(f"validation set {name!r} ({source.describe(root)}) has no documents outside training")

@@ -46,8 +46,8 @@ def edu_doc(f: int, i: int) -> str:
 
 WIKI_DOCS = 12                                  # per shard
 TINY_DOCS = 25                                  # per train file (the validation file has 30)
-EDU_ROWS = [30 + 2 * f for f in range(14)]      # rows per sample/10BT file: unequal, so row shards cross files
-EDU_ROW_GROUP = 8
+EDU_ROWS = [60 + 5 * f for f in range(14)]      # rows per sample/10BT file: unequal, so row shards cross files
+EDU_ROW_GROUP = 16
 
 
 def make_hub(root: Path, duplicate: tuple[int, int] | None = (1, 4)) -> Path:
