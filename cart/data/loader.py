@@ -13,7 +13,10 @@ Notable features:
 - `state_dict()` is the step plus what fixes the order (T, global batch, cycle) and the epochs
   completed per domain; `load_state_dict` refuses a state from a different layout and resumes
   bit-identically; a domain that runs out wraps to its start and counts an epoch;
-- cheap: B memmap slices per step into one int64 array (no per-token Python).
+- cheap: B memmap slices per step into one int64 array (no per-token Python);
+- document ids (`document_ids=True`, off by default as in the paper): each batch comes with the
+  index of the document every token belongs to (a running count of BOS tokens in its row), which
+  the models turn into a block-diagonal causal mask so attention does not cross documents.
 """
 from __future__ import annotations
 
@@ -24,13 +27,21 @@ import torch
 
 from cart.data.manifest import Manifest
 
-__all__ = ["TrainLoader"]
+__all__ = ["TrainLoader", "document_ids"]
+
+
+def document_ids(tokens: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """The document each token belongs to, per row: the number of BOS tokens up to and including it
+    (tokens before a row's first BOS continue a document from an earlier row: id 0)."""
+    return (tokens == bos_id).cumsum(dim=-1)
 
 
 class TrainLoader:
     def __init__(self, manifest: Manifest | str | os.PathLike, batch_size: int, seq_len: int, rank: int = 0,
-                 world_size: int = 1, cycle: dict[str, int] | None = None, check_ids: bool = True):
+                 world_size: int = 1, cycle: dict[str, int] | None = None, check_ids: bool = True,
+                 document_ids: bool = False):
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        self.document_ids = bool(document_ids)
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"TrainLoader: batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
@@ -68,20 +79,22 @@ class TrainLoader:
         k = (n // L) * self._per_cycle[dom] + self._slot_rank[slot]
         return dom, k
 
-    def batch_at(self, step: int) -> torch.Tensor:
-        """This rank's batch at `step`, without moving the position: LongTensor [batch_size, seq_len+1]."""
+    def batch_at(self, step: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """This rank's batch at `step`, without moving the position: LongTensor [batch_size, seq_len+1];
+        with document_ids, (tokens, document ids) of the same shape."""
         dom, k = self._rows(step)
         T = self.seq_len
         out = np.empty((self.batch_size, T + 1), dtype=np.int64)
         starts = (k % self._rows_per_epoch[dom]) * T
         for i in range(self.batch_size):
             out[i] = self._files[dom[i]][starts[i]:starts[i] + T + 1]
-        return torch.from_numpy(out)
+        tokens = torch.from_numpy(out)
+        return (tokens, document_ids(tokens, self.manifest.bos_id)) if self.document_ids else tokens
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch = self.batch_at(self.step)
         self.step += 1
         return batch

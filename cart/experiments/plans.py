@@ -249,6 +249,10 @@ def resolve_recipe(plan: Plan, overrides: dict, model: dict | None = None, sourc
     d = cfg.to_dict()
     for k in ("model", "out_dir", "seed", "resume"):
         d.pop(k, None)
+    from cart.train.config import ADDED_FIELDS  # noqa: PLC0415
+    for k, old in ADDED_FIELDS.items():  # newer fields at their old value: existing run keys stay valid
+        if d.get(k) == old:
+            d.pop(k)
     return d
 
 

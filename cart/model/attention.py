@@ -10,6 +10,10 @@ Notable:
   Q and the latent come from one fused [d + d/4, d] matmul.
 - `causal_attend` handles the three shapes that occur: training/prefill (square, is_causal),
   single-token decode (no mask needed) and chunked prefill on top of a cache (offset mask).
+- document masking (off by default, as in the paper): `document_mask(doc_ids)` turns per-token
+  document ids into a block-diagonal causal mask that every attention here (self, dense and the
+  core's cross-attention to the anchor) takes instead of is_causal, so no position attends to an
+  earlier document packed into the same row. Without it the is_causal call is unchanged.
 """
 from __future__ import annotations
 
@@ -34,8 +38,19 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, T, H * D)
 
 
-def causal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention where the Tq queries are the LAST Tq of the Tk key positions."""
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token document ids [B, T] -> bool [B, 1, T, T]: t may attend to s iff s <= t and both lie
+    in the same document (block-diagonal and causal; the diagonal is always allowed)."""
+    T = doc_ids.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril_()
+    return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
+def causal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention where the Tq queries are the LAST Tq of the Tk key positions; with `doc_mask`
+    (from `document_mask`, square shapes only) the causal mask is also cut at document boundaries."""
+    if doc_mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=doc_mask)
     Tq, Tk = q.shape[-2], k.shape[-2]
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -61,7 +76,10 @@ class MLASelfAttention(nn.Module):
         self.w_o = nn.Linear(d, d, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, cache: DecodeCache | None = None, key: str = "") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: DecodeCache | None = None, key: str = "",
+                doc_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if doc_mask is not None and cache is not None:
+            raise ValueError("document masking applies to whole-sequence forward passes, not to cached decoding")
         start = cache.pos if cache is not None else 0
         q, c = self.w_q_down(x).split((self.d, self.d_latent), dim=-1)
         q = self.rotary(_heads(q, self.n_heads), start)
@@ -84,7 +102,7 @@ class MLASelfAttention(nn.Module):
                 return self.w_o(_merge(self._decode_attend(q, c)))
         k, v = self.w_kv_up(c).split(self.d, dim=-1)
         k = self.rotary(_heads(k, self.n_heads), 0)
-        y = causal_attend(q, k, _heads(v, self.n_heads))
+        y = causal_attend(q, k, _heads(v, self.n_heads), doc_mask)
         return self.w_o(_merge(y))
 
     def _decode_attend(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -162,9 +180,9 @@ class CrossAttention(nn.Module):
         self.w_q = nn.Linear(d, d, bias=False)
         self.w_o = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_mask: torch.Tensor | None = None) -> torch.Tensor:
         q = _heads(self.w_q(x), self.n_heads)
-        return self.w_o(_merge(causal_attend(q, k, v)))
+        return self.w_o(_merge(causal_attend(q, k, v, doc_mask)))
 
 
 class MHASelfAttention(nn.Module):
@@ -177,7 +195,10 @@ class MHASelfAttention(nn.Module):
         self.w_o = nn.Linear(d, d, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, cache: DecodeCache | None = None, key: str = "") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: DecodeCache | None = None, key: str = "",
+                doc_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if doc_mask is not None and cache is not None:
+            raise ValueError("document masking applies to whole-sequence forward passes, not to cached decoding")
         start = cache.pos if cache is not None else 0
         q, k, v = self.w_qkv(x).split(self.d, dim=-1)
         q = self.rotary(_heads(q, self.n_heads), start)
@@ -185,4 +206,4 @@ class MHASelfAttention(nn.Module):
         v = _heads(v, self.n_heads)
         if cache is not None:
             k, v = cached_kv(cache, key, k, v)
-        return self.w_o(_merge(causal_attend(q, k, v)))
+        return self.w_o(_merge(causal_attend(q, k, v, doc_mask)))

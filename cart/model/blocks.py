@@ -17,6 +17,8 @@ class Block(nn.Module):
         self.norm_mlp = RMSNorm(d, eps)
         self.mlp = SwiGLU(d, d_ff)
 
-    def forward(self, x: torch.Tensor, cache: DecodeCache | None = None, key: str = "") -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), cache, key)
+    def forward(self, x: torch.Tensor, cache: DecodeCache | None = None, key: str = "",
+                doc_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm_attn(x)
+        x = x + (self.attn(h, cache, key) if doc_mask is None else self.attn(h, cache, key, doc_mask=doc_mask))
         return x + self.mlp(self.norm_mlp(x))

@@ -14,7 +14,9 @@ Notable features:
   structure only (which modules exist), the per-fidelity maths lives in `recurrence.py`;
 - any loop count at inference (`n_loops=`), with no cap from the loop-index table;
 - incremental decoding with `DecodeCache` (MLA latents for prelude/coda, anchor K/V once);
-- opt-in, sync-free loop statistics (`stats=` dict) for the per-loop contraction.
+- opt-in, sync-free loop statistics (`stats=` dict) for the per-loop contraction;
+- opt-in document masking (`doc_ids=`): every attention, the core's causal cross-attention to the
+  anchor included, stays inside each token's document (block-diagonal causal mask).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cart.config import HEAD_DIM, CARTConfig
-from cart.model.attention import AnchorKV, MLASelfAttention, cached_kv
+from cart.model.attention import AnchorKV, MLASelfAttention, cached_kv, document_mask
 from cart.model.blocks import Block
 from cart.model.cache import DecodeCache
 from cart.model.layers import RMSNorm, Rotary, cross_entropy, init_weights
@@ -68,6 +70,7 @@ class CART(nn.Module):
         n_loops: int | None = None,
         cache: DecodeCache | None = None,
         stats: dict | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token ids [B, T] -> logits [B, T, V].
 
@@ -75,6 +78,7 @@ class CART(nn.Module):
         cache: absorb these tokens into an incremental-decoding cache (positions continue from cache.pos).
         stats: if a dict is given, fill it with sync-free loop statistics (tensors): "delta_norm" [R]
         = ||h_{r+1} - h_r|| and "contraction" [R-1] = delta_norm[1:] / delta_norm[:-1].
+        doc_ids: per-token document ids [B, T]: attention does not cross documents (not with `cache`).
         """
         c = self.config
         R = self.resolve_loops(n_loops)
@@ -83,17 +87,18 @@ class CART(nn.Module):
         if start + T > c.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model's max_seq_len={c.max_seq_len}")
 
-        e, kv = self.anchor_state(idx, cache)
+        mask = _document_mask(doc_ids, idx, cache)
+        e, kv = self.anchor_state(idx, cache, mask)
 
         states = [e, e, e]  # ring buffer of the last 3 loop states, newest first
         deltas = []
         for r in range(R):
-            h, kv = self.loop_step(r, states, kv, cache)
+            h, kv = self.loop_step(r, states, kv, cache, mask)
             if stats is not None:
                 deltas.append((h - states[0]).float().norm())
             states = [h, states[0], states[1]]
 
-        x = self.coda(states[0], cache, "coda")
+        x = self.coda(states[0], cache, "coda", mask)
         logits = F.linear(self.norm(x), self.embed.weight)  # tied head
         if cache is not None:
             cache.advance(T)
@@ -103,7 +108,8 @@ class CART(nn.Module):
             stats["contraction"] = dn[1:] / dn[:-1].clamp_min(1e-30)
         return logits
 
-    def loop_step(self, r: int, states: list[torch.Tensor], kv, cache: DecodeCache | None = None):
+    def loop_step(self, r: int, states: list[torch.Tensor], kv, cache: DecodeCache | None = None,
+                  doc_mask: torch.Tensor | None = None):
         """Loop r of the recurrence on the ring buffer `states` (newest first): blend + loop-index
         embedding -> core (cross-attending to `kv`) -> gate. Returns (h, kv); kv is recomputed from
         h~ only in the unfrozen-K/V ablation. The one definition of a loop iteration, used by the
@@ -119,7 +125,7 @@ class CART(nn.Module):
             h_tilde = states[0] if lie is None else states[0] + lie.to(states[0].dtype)
         if self.anchor is not None and not c.freeze_kv:
             kv = self._anchor_kv(h_tilde, cache, f"loop{r}.anchor")  # ablation: recompute every loop
-        u = self.cores[0 if c.share_core else r](h_tilde, kv, cache, f"core{r}")
+        u = self.cores[0 if c.share_core else r](h_tilde, kv, cache, f"core{r}", doc_mask)
         return self.gate(h_tilde, u, gate_coef), kv
 
     def loop_constants(self, r: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -128,12 +134,12 @@ class CART(nn.Module):
                 self.hyper.weights() if self.hyper is not None else None,
                 self.gate.coefficient())
 
-    def anchor_state(self, idx: torch.Tensor, cache: DecodeCache | None = None):
+    def anchor_state(self, idx: torch.Tensor, cache: DecodeCache | None = None, doc_mask: torch.Tensor | None = None):
         """Embed + prelude -> the anchor e, and its frozen K/V (computed ONCE, reused by every loop;
         None when K/V are recomputed per loop or the core self-attends)."""
         x = self.embed(idx)
         for i, layer in enumerate(self.prelude):
-            x = layer(x, cache, f"prelude{i}")
+            x = layer(x, cache, f"prelude{i}", doc_mask)
         kv = self._anchor_kv(x, cache, "anchor") if (self.anchor is not None and self.config.freeze_kv) else None
         return x, kv
 
@@ -141,8 +147,9 @@ class CART(nn.Module):
         k, v = self.anchor(x)
         return cached_kv(cache, key, k, v) if cache is not None else (k, v)
 
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None) -> torch.Tensor:
-        logits = self(idx, n_loops=n_loops, stats=stats)
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None,
+             doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self(idx, n_loops=n_loops, stats=stats, doc_ids=doc_ids)
         return cross_entropy(logits, targets)  # fused: no [tokens, vocab] temporaries (layers.py)
 
     # ------------------------------------------------------------------ diagnostics (no training code needed)
@@ -181,3 +188,14 @@ class CART(nn.Module):
     def num_params(self) -> int:
         """Stored (unique) parameters, the tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _document_mask(doc_ids: torch.Tensor | None, idx: torch.Tensor, cache: DecodeCache | None) -> torch.Tensor | None:
+    """The block-diagonal causal mask of `doc_ids` (None: plain causal attention, the default)."""
+    if doc_ids is None:
+        return None
+    if cache is not None:
+        raise ValueError("doc_ids (document masking) applies to whole-sequence forward passes, not to cached decoding")
+    if doc_ids.shape != idx.shape:
+        raise ValueError(f"doc_ids has shape {tuple(doc_ids.shape)}, the tokens {tuple(idx.shape)}")
+    return document_mask(doc_ids)

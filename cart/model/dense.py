@@ -15,6 +15,7 @@ from cart.config import HEAD_DIM, DenseConfig
 from cart.model.attention import MHASelfAttention, MLASelfAttention
 from cart.model.blocks import Block
 from cart.model.cache import DecodeCache
+from cart.model.cart import _document_mask
 from cart.model.layers import RMSNorm, Rotary, cross_entropy, init_weights
 
 
@@ -44,17 +45,20 @@ class Dense(nn.Module):
             raise ValueError(f"n_loops must be >= 1, got {n_loops}")
         return int(n_loops)
 
-    def forward(self, idx: torch.Tensor, n_loops: int | None = None, cache: DecodeCache | None = None, stats: dict | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, n_loops: int | None = None, cache: DecodeCache | None = None, stats: dict | None = None,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids [B, T] -> logits; doc_ids [B, T]: attention does not cross documents (as CART.forward)."""
         c = self.config
         depth = self.resolve_loops(n_loops)
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > c.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model's max_seq_len={c.max_seq_len}")
+        mask = _document_mask(doc_ids, idx, cache)
         x = self.embed(idx)
         deltas = []
         for i in range(depth):
-            y = self.layers[0 if c.share_layers else i](x, cache, f"layer{i}")
+            y = self.layers[0 if c.share_layers else i](x, cache, f"layer{i}", mask)
             if stats is not None:
                 deltas.append((y - x).float().norm())
             x = y
@@ -67,8 +71,9 @@ class Dense(nn.Module):
             stats["contraction"] = dn[1:] / dn[:-1].clamp_min(1e-30)
         return logits
 
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None) -> torch.Tensor:
-        logits = self(idx, n_loops=n_loops, stats=stats)
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, n_loops: int | None = None, stats: dict | None = None,
+             doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self(idx, n_loops=n_loops, stats=stats, doc_ids=doc_ids)
         return cross_entropy(logits, targets)  # fused: no [tokens, vocab] temporaries (layers.py)
 
     def gate_stats(self) -> dict[str, torch.Tensor]:

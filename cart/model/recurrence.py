@@ -131,8 +131,9 @@ class CoreBlock(nn.Module):
         self.norm_mlp = RMSNorm(d, eps)
         self.mlp = SwiGLU(d, d_ff)
 
-    def forward(self, h: torch.Tensor, kv=None, cache=None, key: str = "") -> torch.Tensor:
+    def forward(self, h: torch.Tensor, kv=None, cache=None, key: str = "", doc_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm_attn(h)
-        a = self.attn(x, *kv) if self.attention == "cross" else self.attn(x, cache, key)
+        extra = {} if doc_mask is None else {"doc_mask": doc_mask}  # the unmasked call stays as it was
+        a = self.attn(x, *kv, **extra) if self.attention == "cross" else self.attn(x, cache, key, **extra)
         u = h + a
         return u + self.mlp(self.norm_mlp(u))

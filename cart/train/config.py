@@ -25,6 +25,11 @@ from cart.config import CARTConfig, DenseConfig, ModelConfig, config_fields, con
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "train"
 
+# TrainConfig fields added after runs and studies were recorded, with the value every earlier run had:
+# a checkpoint without them resumes as that value, and at that value they stay out of a study's run
+# spec, so the run keys of existing studies do not change
+ADDED_FIELDS: dict[str, Any] = {"doc_masking": False}
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -103,6 +108,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute every block in backward (same gradients, less memory)
     loop_sampling: LoopSampling = field(default_factory=LoopSampling)
+    # attention stays inside each document packed into a training row (block-diagonal causal mask, also
+    # in validation); off as in the paper, whose rows attend across document boundaries
+    doc_masking: bool = False
     seed: int = 42  # initialisation and loop sampling; the data order is fixed (as in the paper)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # with more than one process: replicate (DDP) or shard (FSDP2)
@@ -152,7 +160,7 @@ class TrainConfig:
         _check(len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas),
                f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         _check(self.decay_everything in (None, True, False), f"TrainConfig.decay_everything must be true, false or unset, got {self.decay_everything!r}")
-        for name in ("compile", "activation_checkpointing", "tensorboard"):
+        for name in ("compile", "activation_checkpointing", "tensorboard", "doc_masking"):
             _check(isinstance(getattr(self, name), bool), f"TrainConfig.{name} must be true/false, got {getattr(self, name)!r}")
         _check(isinstance(self.data, str) and self.data != "", f"TrainConfig.data must be a path to a prepared data folder, got {self.data!r}")
         _check(isinstance(self.out_dir, str) and self.out_dir != "", f"TrainConfig.out_dir must be a path, got {self.out_dir!r}")

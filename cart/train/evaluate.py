@@ -28,13 +28,15 @@ def _windows(n_tokens: int, seq_len: int, max_tokens: int | None) -> list[tuple[
 
 @torch.no_grad()
 def evaluate_perplexity(model, manifest, seq_len: int, max_tokens: int | None = None, batch_size: int = 8, *,
-                        n_loops: int | None = None, dtype: torch.dtype | None = None) -> dict[str, dict]:
+                        n_loops: int | None = None, dtype: torch.dtype | None = None, doc_masking: bool = False) -> dict[str, dict]:
     """{val set: {"loss", "ppl", "bpb", "tokens", "out_of_domain"}} for every validation set of `manifest`.
 
     model: any callable idx -> logits [B, T, V] with a `n_loops=` keyword (a model, or its DDP/FSDP form).
     dtype: autocast dtype (e.g. torch.bfloat16), None for fp32.
+    doc_masking: attention stays inside each document of a window (as a run trained with doc_masking saw it).
     """
     from cart.data import TokenFile
+    from cart.data.loader import document_ids
 
     param = next(model.parameters())
     device = param.device
@@ -59,8 +61,9 @@ def evaluate_perplexity(model, manifest, seq_len: int, max_tokens: int | None = 
                     rows = np.stack([np.asarray(tokens[b:e + 1], dtype=np.int64) for b, e in chunk])
                     batch = torch.from_numpy(rows).to(device, non_blocking=True)
                     x, y = batch[:, :-1], batch[:, 1:]
+                    masking = {"doc_ids": document_ids(x, manifest.bos_id)} if doc_masking else {}
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        logits = model(x, n_loops=n_loops)
+                        logits = model(x, n_loops=n_loops, **masking)
                     nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
                     total += weight * torch.stack([nll.double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
             if world > 1:

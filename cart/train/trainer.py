@@ -41,7 +41,7 @@ from cart.model import build_model
 from cart.model.layers import cross_entropy
 from cart.train import checkpointing as ckpt
 from cart.train import distributed
-from cart.train.config import TrainConfig
+from cart.train.config import ADDED_FIELDS, TrainConfig
 from cart.train.evaluate import evaluate_perplexity
 from cart.train.loops import LoopSampler, TruncatedBackprop
 from cart.train.metrics import Metrics
@@ -56,7 +56,8 @@ _FINAL_FIELDS = ("loss", "ppl", "bpb", "tokens", "out_of_domain", "unigram_ppl",
 # optimisation trajectory. Everything else (steps, logging, eval, checkpoint cadence, device,
 # compile, activation checkpointing, ...) may change between attempts.
 RESUME_MUST_MATCH = ("model", "seq_len", "batch_size", "grad_accum", "optimizer", "lr", "min_lr", "warmup_steps",
-                     "weight_decay", "decay_everything", "betas", "eps", "grad_clip", "loop_sampling", "seed", "dtype")
+                     "weight_decay", "decay_everything", "betas", "eps", "grad_clip", "loop_sampling", "seed", "dtype",
+                     "doc_masking")
 
 
 class NonFiniteError(RuntimeError):
@@ -129,7 +130,8 @@ class Trainer:
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} (the global micro-batch) must be divisible by the "
                              f"number of processes ({d.world_size})")
         self.local_batch = cfg.batch_size // d.world_size
-        self.loader = TrainLoader(self.manifest, self.local_batch, cfg.seq_len, rank=d.rank, world_size=d.world_size)
+        self.loader = TrainLoader(self.manifest, self.local_batch, cfg.seq_len, rank=d.rank, world_size=d.world_size,
+                                  document_ids=cfg.doc_masking)
 
         # ---- where to start
         self.resume_from, self.corrupt = (ckpt.find_latest(self.run_dir) if resume else (None, []))
@@ -188,6 +190,7 @@ class Trainer:
     def _check_resumable(self, meta: dict) -> None:
         """The checkpoint's config must agree with this one on everything that defines the run."""
         saved, mine = meta["config"], self.cfg.to_dict()
+        saved = {**ADDED_FIELDS, **saved}  # a checkpoint from before a field existed ran with its old value
         diff = [k for k in RESUME_MUST_MATCH if saved.get(k) != mine[k]]
         if diff:
             detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine[k]!r}" for k in diff)
@@ -212,7 +215,7 @@ class Trainer:
         R = self.sampler.max_loops()
         x = torch.zeros(self.local_batch, self.cfg.seq_len, dtype=torch.long, device=self.device)
         try:
-            self._forward_backward(x, x, R, 1.0, stats=None)
+            self._forward_backward(x, x, R, 1.0, stats=None, doc_ids=x if self.cfg.doc_masking else None)
         except Exception as e:
             if not _is_oom(e):
                 raise
@@ -238,12 +241,14 @@ class Trainer:
         random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
 
     # ================================================================== the step
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, R: int, scale: float, stats: dict | None) -> torch.Tensor:
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, R: int, scale: float, stats: dict | None,
+                          doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         n_loops = None if R == self.sampler.default else R
         grad_loops = self.sampler.grad_loops(R)
         window = self.truncation.window(R, grad_loops) if self.truncation else nullcontext()
+        masking = {} if doc_ids is None else {"doc_ids": doc_ids}  # document masking (cfg.doc_masking)
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None), window:
-            logits = self.fwd(x, n_loops=n_loops, stats=stats)
+            logits = self.fwd(x, n_loops=n_loops, stats=stats, **masking)
         if self.cfg.compile:  # the compiled graph's outputs stay with the plain loss
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
         else:  # same value and gradient, without the [tokens, vocab] temporaries (cart.model.layers)
@@ -261,10 +266,14 @@ class Trainer:
         loss = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             last = micro == cfg.grad_accum - 1
-            batch = next(self.loader)
+            batch, doc_ids = next(self.loader), None
+            if cfg.doc_masking:
+                batch, doc_ids = batch
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True)
+            if doc_ids is not None:
+                doc_ids = doc_ids.to(self.device, non_blocking=True)[:, :-1]
             # compiled: always collect the (cheap) loop stats, so log steps do not trigger a recompile
             stats = {} if (log_now and micro == 0) or cfg.compile else None
             if self.fsdp:
@@ -273,7 +282,7 @@ class Trainer:
             else:
                 sync = self.wrapped.no_sync() if (self.dist.enabled and not last) else nullcontext()
             with sync:
-                loss += self._forward_backward(batch[:, :-1], batch[:, 1:], R, 1.0 / cfg.grad_accum, stats)
+                loss += self._forward_backward(batch[:, :-1], batch[:, 1:], R, 1.0 / cfg.grad_accum, stats, doc_ids)
             if stats and log_now:
                 self.loop_stats = stats
         loss /= cfg.grad_accum
@@ -510,7 +519,7 @@ class Trainer:
     def _evaluate(self, step: int, max_tokens: int, final: bool = False) -> dict:
         cfg = self.cfg
         res = evaluate_perplexity(self.model, self.manifest, cfg.seq_len, max_tokens or None,
-                                  cfg.eval_batch_size or self.local_batch, dtype=self.autocast)
+                                  cfg.eval_batch_size or self.local_batch, dtype=self.autocast, doc_masking=cfg.doc_masking)
         ev = {"step": step, "event": "eval", "final": final, "sets": res}
         mode, floors = cfg.ngram_floors, None
         if self.dist.is_main and (mode == "every_eval" or (final and mode == "final")):

@@ -188,6 +188,15 @@ def test_presets_parse():
     assert paper.cycle == {"tinystories": 3, "wikipedia": 3, "fineweb-edu": 4} and paper.tokenizer["kind"] == "llama2"
     assert sum(d.train_tokens for d in paper.train) == 1_000_000_000
     assert [d.train_tokens / 1e9 for d in paper.train] == [0.3, 0.3, 0.4]
+    # the paper's selections: source order, its training shards, its three validation sets of 500k tokens
+    tiny, wiki, edu = paper.train
+    assert all(d.order == "source" and d.val_tokens == 500_000 and d.validation is not None for d in paper.train)
+    assert tiny.source.data_files == ["data/train-*.parquet"] and tiny.validation.data_files == ["data/validation-*.parquet"]
+    assert (wiki.source.dataset, wiki.source.data_files, wiki.source.num_shards) == ("wikimedia/wikipedia", ["20231101.en/train-*.parquet"], 41)
+    assert wiki.source.shards == list(range(40)) and wiki.validation.shards == [40] and wiki.validation.shuffle_seed is None
+    assert (edu.source.shard_by, edu.source.num_shards, edu.source.shards) == ("rows", 98, list(range(97)))
+    assert edu.validation.shards == [97] and edu.validation.shuffle_seed == 42
+    assert all(len(d.source.revision) == 40 for d in paper.train) and not paper.ood
 
 
 def test_cli(tmp_path, capsys):

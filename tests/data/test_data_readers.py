@@ -187,3 +187,22 @@ def test_loader_is_cheap(tmp_path):
         next(dl)
     per_step = (time.perf_counter() - t0) / 50
     assert per_step < 0.02, f"{per_step * 1e3:.1f} ms per batch of 32x513"
+
+
+def test_document_ids_option(tmp_path):
+    """document_ids=True: each batch comes with the running count of BOS tokens per row (off by default)."""
+    root = fake_prepared(tmp_path / "f", {"a": 900}, {"a": 1})
+    docs = np.tile(np.array([0, 7, 8, 9, 1], dtype=np.uint16), 180)  # 5-token documents: BOS x x x EOS
+    docs.tofile(root / "train" / "a.bin")
+    m = json.loads((root / "manifest.json").read_text())
+    m["train"]["a"]["sha256"] = sha256_file(root / "train" / "a.bin")
+    (root / "manifest.json").write_text(json.dumps(m))
+    plain = TrainLoader(root, batch_size=2, seq_len=8)
+    masked = TrainLoader(root, batch_size=2, seq_len=8, document_ids=True)
+    x = next(plain)
+    tokens, ids = next(masked)
+    assert isinstance(x, torch.Tensor) and torch.equal(tokens, x) and ids.shape == x.shape
+    # row 0 = tokens 0..8: BOS x x x EOS BOS x x x; row 1 starts at token 8, inside a document (id 0)
+    assert ids[0].tolist() == [1, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert ids[1].tolist() == [0, 0, 1, 1, 1, 1, 1, 2, 2]
+    assert torch.equal(masked.batch_at(3)[0], plain.batch_at(3))
