@@ -12,11 +12,17 @@ def register(sub) -> None:
     def root_arg(q):
         q.add_argument("--data-dir", default=None, help="data root (default: $CART_DATA_DIR or ./data)")
 
-    q = dsub.add_parser("prepare", help="prepare a recipe: smoke, cpu, paper or a .toml path")
+    q = dsub.add_parser("prepare", help="prepare a recipe: smoke, cpu, paper or a .toml path (docs/recipes.md)",
+                        description="Prepare a recipe. A killed preparation resumes where it stopped when run again. "
+                                    "Hub datasets come from the Hugging Face hub, or from $CART_HUB_MIRROR "
+                                    "(<mirror>/<owner>/<name>/<files>) when it is set.")
     q.add_argument("recipe")
     root_arg(q)
     q.add_argument("--workers", type=int, default=None, help="tokenizer processes (default 1: one process, the backend's threads on every core)")
-    q.add_argument("--force", action="store_true", help="rebuild even if the prepared folder is up to date")
+    q.add_argument("--force", action="store_true", help="rebuild from scratch, even if up to date or half done")
+    q.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="progress bars in tokens on stderr (default: when stderr is a terminal)")
+    q.add_argument("--no-progress", dest="progress", action="store_false")
     q.set_defaults(func=_prepare)
 
     q = dsub.add_parser("sources", help="list the source registry, tokenizers and recipes")
@@ -31,7 +37,8 @@ def register(sub) -> None:
     q.set_defaults(func=_info)
 
     q = dsub.add_parser("fetch", help="download sources into the cache (llama2 / gpt2: the tokenizers)")
-    q.add_argument("source", nargs="+", help="source names, 'llama2', 'gpt2', or 'all' (every registry source)")
+    q.add_argument("source", nargs="+", help="source names, 'llama2', 'gpt2', or 'all' (every registry source); "
+                                             "a hub source downloads every file it selects and keeps them")
     root_arg(q)
     q.set_defaults(func=_fetch)
 
@@ -47,7 +54,7 @@ def register(sub) -> None:
 
 def _prepare(args) -> int:
     from cart.data import prepare
-    prepare(args.recipe, args.data_dir, workers=args.workers, force=args.force)
+    prepare(args.recipe, args.data_dir, workers=args.workers, force=args.force, progress=args.progress)
     return 0
 
 
@@ -62,7 +69,8 @@ def _sources(args) -> int:
             cached = "yes" if cached_artifact(s.artifact, root, verify=False) else "no"
             print(f"{s.name:<13} {s.kind:<9} {s.size:>8}  {cached:<6}  {s.description}\n{'':<42}{s.artifact.display()}  [{s.licence}]")
         else:
-            print(f"{s.name:<13} {s.kind:<9} {'':>8}  {'':<6}  {s.description}: {s.dataset} (needs `pip install datasets` and the hub)")
+            print(f"{s.name:<13} {s.kind:<9} {'':>8}  {'':<6}  {s.description}: {s.dataset} {s.data_files[0]} "
+                  f"(the Hugging Face hub, or $CART_HUB_MIRROR)")
     print("\ntokenizers: llama2 (Llama-2 32k, rebuilt from " + TOKENIZER_ARTIFACTS["llama2"].display() + "), gpt2 (from "
           + TOKENIZER_ARTIFACTS["gpt2"].display() + "), or any tokenizer.json / .model file")
     print("recipes: " + ", ".join(list_recipes()) + f"   (data root: {root})")

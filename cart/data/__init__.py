@@ -2,11 +2,12 @@
 
 Public API (used by training and evaluation):
 - `prepare(recipe, data_root=None, workers=None) -> Path`: build `<root>/<recipe>/` from a recipe
-  (`smoke`, `cpu`, `paper`, or a .toml path; see `cart/data/recipe.py` for the schema);
+  (`smoke`, `cpu`, `paper`, or a .toml path; docs/recipes.md is the reference), resumable;
 - `Manifest.load(dir)`: what was prepared (`.train_domains`, `.val_sets`, `.vocab_size`, `.dtype`,
   `.tokenizer_path`, `.load_tokenizer()`); `validate_against_model(manifest, vocab_size)`;
 - `TokenFile(path, vocab_size)`: a validated read-only memmap of a token file;
-- `TrainLoader(manifest, batch_size, seq_len, rank, world_size)`: [B, T+1] windows, resumable;
+- `TrainLoader(manifest, batch_size, seq_len, rank, world_size, document_ids=False)`: [B, T+1] windows,
+  resumable (with per-token document ids for document masking);
 - `load_tokenizer("llama2" | "gpt2" | path)`: one interface for every backend;
 - `bench_tokenize(recipe)`: tokenize-and-pack throughput for `cart bench`;
 - `SOURCES`, `fetch_source(name)`: the registry of corpora and their cached downloads.
