@@ -283,7 +283,8 @@ class RemoteRepo(HubRepo):
             raise ValueError(f"Hugging Face hub: {dataset}@{revision} resolved to {self.commit!r}, not a commit sha")
         self.cache = contained_path(root, "raw", "hub", *dataset.split("/"), self.commit)
         self._files: list[HubFile] | None = None
-        self._downloaded: set[str] = set()
+        self._downloaded: set[str] = set()   # downloaded by this process: released once read
+        self._verified: set[str] = set()     # checked against the hub's sha256 in this process
 
     def files(self) -> list[HubFile]:
         if self._files is None:
@@ -310,7 +311,9 @@ class RemoteRepo(HubRepo):
         _check_repo_path(path, self.dataset)
         info = self._info(path)
         dest = contained_path(self.cache, *path.split("/"))
-        if dest.is_file() and dest.stat().st_size == info.size and (info.sha256 is None or sha256_file(dest) == info.sha256):
+        if dest.is_file() and (path in self._verified or (dest.stat().st_size == info.size and
+                                                           (info.sha256 is None or sha256_file(dest) == info.sha256))):
+            self._verified.add(path)
             return dest
         from huggingface_hub import hf_hub_download
         try:
@@ -324,9 +327,11 @@ class RemoteRepo(HubRepo):
             raise ValueError(f"{path} of {self.where()}: the download's sha256 differs from the hub's record; deleted it, "
                              f"run again to download it afresh")
         self._downloaded.add(path)
+        self._verified.add(path)
         return dest
 
     def release(self, path: str) -> None:
+        self._verified.discard(path)
         if path in self._downloaded:
             contained_path(self.cache, *path.split("/")).unlink(missing_ok=True)
             meta = self.cache / ".cache" / "huggingface" / "download" / f"{path}.metadata"

@@ -504,7 +504,6 @@ def _stream_domain(d: Domain, seed: int, enc: TokenEncoder, work: "_Work", root:
     # where batches (and resumptions) fall.
     pending: collections.deque = collections.deque()
     end: dict = {}  # the stream's state once it is exhausted
-    end: dict = {}  # the stream's state once it is exhausted
 
     def snapshot() -> dict:
         return {"pos": position["pos"], "stats": stats.to_dict(), "read_bytes": read_bytes}
@@ -821,7 +820,7 @@ def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = Non
         dtype = dtype_for_vocab(tok.vocab_size)
 
         t0 = time.perf_counter()
-        parts: dict[str, dict] = {}   # done-records: {"train", "val", "cleaning"} per domain, "<name>:validation"
+        parts: dict[str, dict] = {}  # done-records {"train", "val", "cleaning"} by part: train.<d>, validation.<d>, ood.<d>
         with TokenEncoder(tok, dtype, workers) as enc, tempfile.TemporaryDirectory(dir=work.meta) as tmp:
             for d in rec.train:
                 rec_d = work.done(f"train.{d.name}")

@@ -121,6 +121,12 @@ def test_resume_after_sigkill(tmp_path, mirror, reference):
     assert files_of(out) == reference[1]
 
 
+def test_source_order_bytes_do_not_depend_on_workers(tmp_path, mirror, reference, monkeypatch):
+    monkeypatch.setenv(hub.MIRROR_ENV, str(mirror))
+    out = prepare(paper_like(tmp_path, edu=8_000), tmp_path / "root", workers=2, log=quiet)
+    assert files_of(out) == reference[1]
+
+
 def test_changed_recipe_discards_the_unfinished_work(tmp_path, mirror, monkeypatch):
     monkeypatch.setenv(hub.MIRROR_ENV, str(mirror))
     recipe = paper_like(tmp_path)
