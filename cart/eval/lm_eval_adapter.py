@@ -1,14 +1,15 @@
 """EleutherAI lm-evaluation-harness adapter: `CARTLM`, an `lm_eval.api.model.LM` for any cart checkpoint.
 
     pip install 'cart[lm-eval]'
-    python -m cart.eval.lm_eval_adapter --model cart --model_args checkpoint=runs/x,n_loops=6 --tasks hellaswag
+    cart eval lm-eval -- --model cart --model_args checkpoint=runs/x,n_loops=6 --tasks hellaswag --device cpu
     # or, in Python: lm_eval.simple_evaluate(model=CARTLM(checkpoint="runs/x"), tasks=[...])
 
 Importing this module registers the model name "cart" with the harness (when lm-eval is
 installed; without it the module still imports and `CARTLM` raises on construction). The
-`lm_eval` console script of lm-eval 0.4.x does not load third-party entry points, so the
-`python -m cart.eval.lm_eval_adapter ...` form above (the harness's own CLI, after registration)
-is the way to use `--model cart` from a shell.
+`lm_eval` console script of lm-eval 0.4.x reads no third-party entry points, so `lm_eval --model
+cart` cannot work; `cart eval lm-eval -- ARGS` (or `python -m cart.eval.lm_eval_adapter ARGS`)
+runs the harness's own command line after registering the model. The harness downloads its
+datasets from the Hugging Face hub; `cart eval tasks` scores the same tasks on local rows.
 
 Model arguments: checkpoint (run dir, checkpoint dir or model.safetensors), tokenizer, data,
 device, dtype (fp32/bf16), n_loops, batch_tokens, add_bos (default true), max_length.

