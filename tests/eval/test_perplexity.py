@@ -74,3 +74,28 @@ def test_bad_window_arguments():
         window_spans(100, 16, 17)
     with pytest.raises(ValueError, match="seq_len"):
         window_spans(100, 0)
+
+
+def test_exclude_first_token_leaves_out_the_predictions_after_bos():
+    model = tiny_cart()
+    g = np.random.default_rng(3)
+    docs = [[256] + g.integers(0, 256, size=n).tolist() + [257] for n in (30, 5, 61, 17)]
+    tokens = np.asarray(sum(docs, []))
+    v = ValData("x", tokens, n_bytes=200, bos_id=256)
+    inc = evaluate_set(model, v, seq_len=32, stride=16)
+    exc = evaluate_set(model, v, seq_len=32, stride=16, exclude_first_token=True)
+    # brute force: per-target NLL from the windows, then drop the targets whose previous token is BOS
+    per = {}
+    for b, e, k in window_spans(len(tokens), 32, 16):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor(tokens[b:e].tolist())[None])[0].double(), -1)
+        for j in range(e - b - k, e - b):
+            per[b + j + 1] = -logp[j, int(tokens[b + j + 1])].item()
+    firsts = [t for t in per if tokens[t - 1] == 256]
+    assert len(firsts) == len(docs) == inc.first_tokens == exc.first_tokens
+    assert (inc.first_token, exc.first_token) == ("included", "excluded")
+    assert inc.tokens == len(per) and exc.tokens == len(per) - len(docs)
+    assert exc.nats == pytest.approx(sum(v for t, v in per.items() if t not in firsts), rel=1e-5)
+    assert exc.bpb == inc.bpb == pytest.approx(sum(per.values()) / (math.log(2) * 200), rel=1e-5)
+    with pytest.raises(ValueError, match="BOS id"):
+        evaluate_set(model, ValData("y", tokens), seq_len=32, exclude_first_token=True)
