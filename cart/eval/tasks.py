@@ -268,13 +268,12 @@ def build_task(b: Benchmark, rows: list[dict], *, where: str = "", split: str | 
         sampler = FewshotSampler(pool, seed)
     items = []
     for i, doc in enumerate(docs):
-        prefix = ""
-        if sampler is not None:
-            prefix = "".join(fewshot_example(b, ex) for ex in sampler.sample(shots, doc if exclude_item else None))
+        examples = sampler.sample(shots, doc if exclude_item else None) if sampler is not None else []
         try:
-            items.append(_item(b, doc, i, prefix))
+            items.append(_item(b, doc, i, "".join(fewshot_example(b, ex) for ex in examples)))
         except (KeyError, IndexError, ValueError, TypeError) as e:
-            raise TaskFileError(f"{where}: row {i}: {e}") from e
+            raise TaskFileError(f"{where}: row {i}" + (" (or one of its few-shot examples)" if examples else "")
+                                + f": {type(e).__name__}: {e}") from e
     info = {"harness_task": b.harness_task, "harness_version": HARNESS_VERSION, "dataset": b.dataset,
             "prompts": f"lm-eval {HARNESS_VERSION} task definitions", "split": split, "harness_split": b.eval_split,
             "num_fewshot": shots, "harness_metrics": list(b.metrics)}

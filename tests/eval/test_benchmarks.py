@@ -180,3 +180,15 @@ def test_folder_source_with_hf_datasets(tmp_path):
          "request": {"context": "x", "continuation": " yes"}}).encode()))
     with pytest.raises(TaskFileError, match="is not '' … '\\?\\\\nAnswer:'"):
         load_task("boolq", TaskSource(tmp_path))
+
+
+@pytest.mark.parametrize("name, row, match", [
+    ("arc_easy", {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"}, "row 0: ValueError"),
+    ("csqa", {"question": "q", "choices": {"text": ["a", "b"]}, "answerKey": "A"}, "row 0: IndexError"),
+    ("winogrande", {"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}, "cannot build|row 0"),
+    ("hellaswag", {**HS_ROW, "label": "7"}, "gold index 7 out of range"),
+])
+def test_rows_that_cannot_make_an_item_are_named(tmp_path, name, row, match):
+    data = TaskData(None, {(name, BENCHMARKS[name].eval_split): _rows_file(tmp_path, "r.jsonl", [row])})
+    with pytest.raises(TaskFileError, match=match):
+        load_task(name, data)
