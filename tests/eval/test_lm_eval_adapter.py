@@ -56,7 +56,7 @@ def results(task_dir):
     model = tiny_cart(max_seq_len=48)  # shorter than the rolling document: several windows
     lm = adapter.CARTLM(model=model, tokenizer=ByteTokenizer())
     out = simple_evaluate(model=lm, tasks=["cart_toy_mc", "cart_toy_lambada", "cart_toy_rolling", "cart_toy_gen"],
-                          task_manager=TaskManager(include_path=str(task_dir)), bootstrap_iters=0, log_samples=True)
+                          task_manager=TaskManager(include_path=str(task_dir), include_defaults=False), bootstrap_iters=0, log_samples=True)
     return model, out
 
 
