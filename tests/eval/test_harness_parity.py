@@ -20,6 +20,8 @@ from cart.eval.task_data import TaskData
 from cart.eval.tasks import FewshotSampler, fewshot_example, load_task
 from tests.eval.helpers import ByteTokenizer, tiny_cart
 
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before the harness imports `datasets`: local files only
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval")
 from tests.eval.harness import BPETokenizer, compare, harness_task, run_harness, write_jsonl  # noqa: E402
 
