@@ -78,6 +78,11 @@ def test_tasks_on_split_files(run, capsys, tmp_path):
                  "--split-file", f"sciq:train={path}", "--shots", "2", "--json"]) == 0
     cfg = json.loads(capsys.readouterr().out)["configs"]["sciq"]
     assert (cfg["num_fewshot"], cfg["fewshot_split"], cfg["fewshot_seed"]) == (2, "train", 1234)
+    # what the paper plan's 5-shot stage passes: examples from the evaluated split, the item left out
+    assert main(["eval", "tasks", str(run["run"]), "--tasks", "sciq", "--split-file", f"sciq:validation={path}",
+                 "--shots", "2", "--fewshot-split", "validation", "--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["configs"]["sciq"]
+    assert (cfg["fewshot_split"], cfg["harness_fewshot_split"], cfg["fewshot_excludes_item"]) == ("validation", "train", True)
 
 
 @pytest.mark.parametrize("extra, msg", [

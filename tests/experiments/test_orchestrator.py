@@ -217,7 +217,7 @@ def test_paper_tier_report_puts_published_numbers_beside_ours(tmp_path, fake_env
     with Store(study) as s:  # zero-shot and 5-shot of the best d = 1024 model, on the paper's four tasks
         zs = s.members("zero_shot")
         assert sorted(m["tags"]["shots"] for m in zs) == [0, 5] and all(m["tags"]["d"] == 1024 for m in zs)
-        assert s.run(zs[0]["run_id"]).spec["args"] == {"tasks": "paper"}
+        assert s.run(zs[0]["run_id"]).spec["args"] == {"tasks": "paper", "fewshot_split": "validation"}
 
 
 def test_a_users_own_plan_file_and_tier_mismatch(tmp_path, fake_env, monkeypatch, capsys):
