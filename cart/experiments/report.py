@@ -513,20 +513,27 @@ def _vary_r(study: A.Study, figs: Figures, paper: bool, stage: str = "vary_r", t
 
 def _tasks_section(study: A.Study, stage: str, title: str, paper: bool) -> list[str]:
     """Zero-/few-shot benchmark results of the evaluated models (`cart eval tasks`), per shot count."""
+    from cart.eval.tasks import split_label
+
     ms = study.members(stage)
     if not ms:
         return []
-    out = [f"## {title}", "", "`cart eval tasks` on each selected model (lm-eval-harness conventions); acc and acc_norm in %.", ""]
-    head = ["model", "shots", "task", "acc", "acc_norm"] + (["paper (d1024, best R)"] if paper else [])
+    out = [f"## {title}", "", "`cart eval tasks` on each selected model (lm-eval-harness conventions: acc_norm per character); "
+           "metrics in %, with the split scored and where few-shot examples came from.", ""]
+    head = ["model", "shots", "task", "split", "few-shot from", "acc", "acc_norm"] + (["paper (d1024, best R)"] if paper else [])
     trs = []
     for m in ms:
+        info = ((study.store.summary(m.run_id) or {}).get("configs") or {})
         tasks = sorted({k.split(".")[1] for k in m.finals if k.startswith("tasks.")})
         for t in tasks:
             acc, norm = m.finals.get(f"tasks.{t}.acc"), m.finals.get(f"tasks.{t}.acc_norm")
-            row = [m.tags.get("source_label", m.label), m.tags.get("shots", 0), t,
+            cfg = info.get(t) or {}
+            row = [m.tags.get("source_label", m.label), m.tags.get("shots", 0), t, split_label(cfg),
+                   cfg.get("fewshot_split", "—") if m.tags.get("shots", 0) else "—",
                    "—" if acc is None else f"{100 * acc:.2f}", "—" if norm is None else f"{100 * norm:.2f}"]
             if paper:
-                row.append(_fmt(PUB.ZERO_SHOT_1024.get(t)) if m.tags.get("shots", 0) == 0 else "—")
+                row.append(f"{PUB.ZERO_SHOT_METRIC.get(t, '')} {_fmt(PUB.ZERO_SHOT_1024.get(t))}"
+                           if m.tags.get("shots", 0) == 0 and t in PUB.ZERO_SHOT_1024 else "—")
             trs.append(row)
     return out + [table(head, trs), ""]
 

@@ -13,3 +13,6 @@ OMP_NUM_THREADS=1 cart train --preset main --out-dir runs/pilot/C --steps 1500 -
 #     bigram relatively stronger)
 # D: A's shape with twice the learning rate, a schedule that ends at 6.1M tokens (1,500 steps)
 OMP_NUM_THREADS=1 cart train --preset main --out-dir runs/pilot/D --steps 1500 --eval-every 250 --lr 4e-3 --min-lr 4e-4 "${common[@]}"
+#    (D diverged at step ~270: grad norm 16 -> 386, loss 5.8 -> 7.5; stopped)
+# E: the study's candidate recipe: A's shape and learning rate with a schedule that ends at 6.1M tokens
+OMP_NUM_THREADS=1 cart train --preset main --out-dir runs/pilot/E --steps 1500 --eval-every 250 "${common[@]}"
