@@ -210,7 +210,7 @@ def test_paper_tier_report_puts_published_numbers_beside_ours(tmp_path, fake_env
     assert main(["report", str(study)]) == 0
     md = (study / "report" / "report.md").read_text()
     for published in ("R8: 97.73 / 6.04 / 82.0 / 0.8966", "| 20.35 |", "CART 20.35, dense 7L 20.13", "19.22", "0.905",
-                      "R6 23.04 (163.7)", "32,393 tok/s", "| 28.04 |"):
+                      "R6 23.04 (163.7)", "32,393 tok/s", "| acc_norm 28.04 |", "| acc 58.11 |"):
         assert published in md, published
     # the paper's own 12-layer dense model at d = 1024 is what the effective-parity claim compares with
     assert "CART vs dense 12L" in md and "paper's depth | 12L" in md
