@@ -30,6 +30,7 @@ import torch
 
 from cart.bench.host import allocator_tuned, tune_allocator
 from cart.bench.suites import SUITES, Bench
+from cart.device import resolve_device
 
 SCHEMA = "cart-bench/1"
 
@@ -57,7 +58,7 @@ def run(suites: list[str] | None = None, quick: bool = False, device: str | torc
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         raise ValueError(f"unknown bench suite(s) {unknown}; known: {list(SUITES)}")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device, what="--device")  # refuses cuda where there is none, in one line
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     if tune_malloc:

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import torch
 
-from cart.checkpoint import load_model, resolve_checkpoint
+from cart.checkpoint import checkpoint_dir, load_model, warn_stderr
+from cart.device import resolve_device as _resolve_device
 
 # A vocabulary may be padded (e.g. to a multiple of 64) for matmul efficiency; a gap larger than this
 # between the embedding and the tokenizer means another tokenizer.
@@ -48,10 +49,9 @@ class EvalSetup:
     checkpoint: Path
 
 
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`--device`: auto (None), cpu, cuda or cuda:N; refused in one line when this machine has no such device."""
+    return _resolve_device(device, what="--device")
 
 
 def autocast(device: torch.device, dtype: str | torch.dtype | None):
@@ -124,7 +124,7 @@ def training_seq_len(checkpoint: str | Path) -> int | None:
 
 def find_data_dir(checkpoint: str | Path, meta: dict | None = None) -> Path | None:
     """The prepared-data dir recorded by training (train_config.json "data", or the checkpoint meta)."""
-    ckpt = resolve_checkpoint(checkpoint)
+    ckpt = checkpoint_dir(checkpoint)
     recorded: list[tuple[str, Path]] = []
     v = _data_field((meta or {}).get("data"))
     if v:
@@ -206,10 +206,14 @@ def load_for_eval(
     tokenizer: str | Path | Any | None = None,
     data: str | Path | None = None,
     need_tokenizer: bool = True,
+    warn=warn_stderr,
 ) -> EvalSetup:
-    """Load a checkpoint for evaluation with its tokenizer (and data dir, when one is known)."""
+    """Load a checkpoint for evaluation with its tokenizer (and data dir, when one is known).
+
+    The weights are verified against the checkpoint's checksums.json (`cart.checkpoint`); given a run
+    dir, a newer checkpoint that fails is skipped with a one-line `warn` naming the bad file."""
     dev = resolve_device(device)
-    model, meta = load_model(checkpoint, dev)
+    model, meta = load_model(checkpoint, dev, warn=warn)
     ckpt = Path(meta.get("checkpoint", checkpoint))
     if data is not None:
         data_dir = Path(data).resolve()

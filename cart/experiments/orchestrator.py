@@ -20,7 +20,6 @@ Notable features:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -35,6 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
+from cart import provenance
 from cart.experiments.store import Run, Store, flatten
 
 try:  # POSIX only; elsewhere PDEATHSIG/flock are skipped and leases alone guard a run
@@ -75,28 +75,12 @@ def cart_argv(*args: str) -> list[str]:
 def source_hash() -> str:
     """sha256 (12 hex) of every .py file of the package: tells apart runs made by different code even
     when the changes are uncommitted (git describe only says "-dirty")."""
-    pkg = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for f in sorted(pkg.rglob("*.py")):
-        h.update(str(f.relative_to(pkg)).encode())
-        try:
-            h.update(f.read_bytes())
-        except OSError:
-            pass
-    return h.hexdigest()[:12]
+    return provenance.source_hash(provenance.PACKAGE.rglob("*.py"))[:12]
 
 
 def code_version() -> str:
     """git describe of the code (with -dirty if modified) and the source hash, e.g. `d2598a7-dirty+src.3fa9c1e2b7d0`."""
-    root = Path(__file__).resolve().parents[2]
-    git = None
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            git = out.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    git = provenance.git_describe()  # read per claim: a long sweep sees edits made while it runs
     if git is None:
         import cart
         git = f"cart-{cart.__version__}"

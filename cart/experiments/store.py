@@ -137,6 +137,10 @@ def flatten(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _nan_if_null(v):
+    return float("nan") if v is None else v
+
+
 @dataclass
 class Run:
     id: int
@@ -462,7 +466,8 @@ class Store:
         if event is not None:
             sql += " AND event = ?"
             args.append(event)
-        return [(r["step"], r["value"]) for r in self.db.execute(sql + " ORDER BY step", args)]
+        # SQLite has no NaN: a non-finite value (a skipped step's loss) is stored as NULL and read back as NaN
+        return [(r["step"], _nan_if_null(r["value"])) for r in self.db.execute(sql + " ORDER BY step", args)]
 
     def metric_names(self, run_id: int) -> list[tuple[str, str]]:
         return [(r["event"], r["name"]) for r in
@@ -543,7 +548,7 @@ class Store:
             w.writerow(["run", "step", "event", "name", "value"])
             for i in ids:
                 for row in self.db.execute("SELECT step, event, name, value FROM metrics WHERE run_id = ? ORDER BY step, event, name", (i,)):
-                    w.writerow([names[i], row["step"], row["event"], row["name"], row["value"]])
+                    w.writerow([names[i], row["step"], row["event"], row["name"], _nan_if_null(row["value"])])
         return out
 
 

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cart.device import resolve_device as _resolve_device
 from cart.model.blocks import Block
 from cart.model.recurrence import CoreBlock
 
@@ -55,17 +56,7 @@ class Dist:
 
 
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cuda":
-        pref = f"cuda:{local_rank}"
-    dev = torch.device(pref)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"TrainConfig.device={pref!r} but CUDA is not available here; use device='cpu' or 'auto'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"TrainConfig.device={pref!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return dev
+    return _resolve_device(pref, local_rank, what="TrainConfig.device")
 
 
 def setup(device_pref: str) -> Dist:

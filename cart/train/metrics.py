@@ -112,8 +112,7 @@ class Metrics:
             if isinstance(obj, bool) or obj is None:
                 return
             if isinstance(obj, (int, float)):
-                if math.isfinite(obj):
-                    self.tb.add_scalar(prefix, obj, step)
+                self.tb.add_scalar(prefix, obj, step)  # NaN too: a skipped step shows as NaN, not as a gap or 0
             elif isinstance(obj, dict):
                 for k, v in obj.items():
                     put(f"{prefix}/{k}", v)

@@ -35,11 +35,12 @@ import torch.nn.functional as F
 
 from cart.accounting import account
 from cart.bench.host import tune_allocator
-from cart.checkpoint import WEIGHTS, atomic_write_json, list_checkpoints
-from cart.config import CARTConfig
+from cart import checkpoint as ckpt
+from cart.checkpoint import atomic_write_json, list_checkpoints
+from cart.config import CARTConfig, config_to_dict
 from cart.model import build_model
 from cart.model.layers import cross_entropy
-from cart.train import checkpointing as ckpt
+from cart.provenance import code_version
 from cart.train import distributed
 from cart.train.config import ADDED_FIELDS, TrainConfig
 from cart.train.evaluate import evaluate_perplexity
@@ -134,7 +135,9 @@ class Trainer:
                                   document_ids=cfg.doc_masking)
 
         # ---- where to start
-        self.resume_from, self.corrupt = (ckpt.find_latest(self.run_dir) if resume else (None, []))
+        # the newest checkpoint that verifies, every file read once (its weights, optimizer and trainer state)
+        loaded, self.corrupt = ckpt.newest_good(self.run_dir, training=True) if resume else (None, [])
+        self.resume_from = loaded.path if loaded is not None else None
         if not resume and list_checkpoints(self.run_dir):
             raise ValueError(f"{self.run_dir} already holds checkpoints: resume it (--resume) or choose another out_dir")
         self.start_step, self.saved = 0, None
@@ -144,16 +147,15 @@ class Trainer:
             if len(set(seen)) > 1:
                 raise ValueError(f"ranks disagree on the checkpoint to resume from ({seen}): is {self.run_dir} on a "
                                  f"filesystem every node sees?")
-        if self.resume_from is not None:
-            saved = ckpt.read_train_config(self.resume_from)
-            self.saved = saved["config"]
-            self._check_resumable(saved)
+        if loaded is not None:
+            self.saved = loaded.train_config["config"]
+            self._check_resumable(loaded.train_config)
 
         # ---- model
         torch.manual_seed(cfg.seed)
         self.model = build_model(mcfg)
-        if self.resume_from is not None:
-            self._load_weights(self.resume_from)
+        if loaded is not None:
+            self._load_weights(loaded)
         self.model.to(self.device)
         self.autocast = _autocast_dtype(cfg, self.device)
         if self.device.type == "cuda":
@@ -176,8 +178,10 @@ class Trainer:
         self.schedule = WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.train_time, self.run_flops = 0.0, 0.0  # this session's training time and FLOPs (for the summary)
-        if self.resume_from is not None:
-            self._load_state(self.resume_from)
+        self.eval_due: int | None = None  # an eval step skipped by a stop signal: run first on resume
+        if loaded is not None:
+            self._load_state(loaded)
+        del loaded
 
         acc = account(mcfg, cfg.seq_len)
         self.stored, self.effective = acc.stored, acc.effective
@@ -202,12 +206,10 @@ class Trainer:
                 raise ValueError(f"cannot resume {self.resume_from}: the training data differs ({key} changed; "
                                  f"checkpoint data {then.get('root')}, now {now['root']})")
 
-    def _load_weights(self, path: Path) -> None:
-        from safetensors.torch import load_file
-        state = load_file(str(path / WEIGHTS))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    def _load_weights(self, loaded: ckpt.Checkpoint) -> None:
+        if config_to_dict(loaded.config) != config_to_dict(self.cfg.model):
+            raise ValueError(f"cannot resume {loaded.path}: its {ckpt.MODEL_JSON} describes another model than the config")
+        self.model.load_state_dict(loaded.weights, strict=False)  # names and shapes were verified by ckpt.read
 
     def _check_memory(self) -> None:
         """One forward/backward of a micro-batch at the largest R a step can draw, before anything is
@@ -227,10 +229,11 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _load_state(self, path: Path) -> None:
-        distributed.load_optimizer_state(self.model, self.optimizer, ckpt.load_state(path, ckpt.OPTIMIZER))
-        st = ckpt.load_state(path, ckpt.TRAINER)
+    def _load_state(self, loaded: ckpt.Checkpoint) -> None:
+        distributed.load_optimizer_state(self.model, self.optimizer, loaded.optimizer)
+        st = loaded.trainer
         self.start_step = int(st["step"])
+        self.eval_due = st.get("eval_due")
         self.loader.load_state_dict(st["loader"])
         self.sampler.load_state_dict(st["sampler"])
         rng = st["rng"]
@@ -367,7 +370,7 @@ class Trainer:
         atomic_write_json(self.run_dir / "train_config.json", self._meta() | {"config": self.cfg.to_dict()})
 
     def _meta(self) -> dict:
-        return {"code_version": ckpt.code_version(), "data": _data_identity(self.manifest), "world_size": self.dist.world_size}
+        return {"code_version": code_version(), "data": _data_identity(self.manifest), "world_size": self.dist.world_size}
 
     def _log_start(self) -> None:
         cfg, d = self.cfg, self.dist
@@ -415,6 +418,9 @@ class Trainer:
         paused = 0.0  # eval/checkpoint time inside the current log interval
         self.model.train()
         try:
+            if self.eval_due is not None and self.eval_due == step:  # the eval a stop signal skipped, before anything else
+                self._evaluate(step, cfg.eval_tokens)
+            self.eval_due = None
             while step < cfg.steps:
                 log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
                 R = self._train_step(step, log_now)
@@ -440,8 +446,11 @@ class Trainer:
                     t_last, paused = time.perf_counter(), 0.0
 
                 t0 = time.perf_counter()
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and not stop:
-                    self._evaluate(step, cfg.eval_tokens)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    if stop:  # leave promptly; the checkpoint below records the eval as due, resume runs it
+                        self.eval_due = step
+                    else:
+                        self._evaluate(step, cfg.eval_tokens)
                 if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps or stop:
                     self._check_nonfinite(step)
                     last_ckpt = self._save(step)
@@ -478,10 +487,14 @@ class Trainer:
         for k, t in zip([*scalars, *vectors], tensors):
             out[k] = flat[i] if k in scalars else flat[i:i + t.numel()]
             i += t.numel()
-        ev = {"step": step, "event": "train", "loss": out.pop("loss") / out["good"] if out["good"] else float("nan"),
+        # an interval whose every step was skipped (non-finite) has no loss and no finite gradient norm:
+        # NaN, never the 0.0 the device accumulators hold for skipped steps
+        loss_sum, good = out.pop("loss"), out.pop("good")
+        if not good:
+            out["grad_norm_max"] = float("nan")
+        ev = {"step": step, "event": "train", "loss": loss_sum / good if good else float("nan"),
               "lr": self.schedule(step - 1), "tokens": step * self.cfg.tokens_per_step, "n_loops": Rs[-1],
               "skipped_steps": int(out.pop("skipped"))}
-        out.pop("good")
         ev.update(out)
         if "rho_gate" in ev:
             ev["gate_max"] = ev["rho_gate"]  # rho_gate = max_i sigmoid(a_i)
@@ -567,7 +580,7 @@ class Trainer:
                    "numpy": _numpy_rng(), "python": _python_rng()}
             trainer_state = {"step": step, "tokens": step * self.cfg.tokens_per_step, "schedule": self.schedule.state_dict(),
                              "loader": self.loader.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng,
-                             "world_size": d.world_size}
+                             "world_size": d.world_size, "eval_due": self.eval_due}
             meta = self._meta() | {"step": step}
             path = ckpt.save(self.run_dir, step, model, opt_state, trainer_state, self.cfg.to_dict(), meta, self.cfg.keep_checkpoints)
             self.metrics.sync()
@@ -607,7 +620,7 @@ class Trainer:
             "train_time_s": self.train_time, "world_size": self.dist.world_size, "device": device_name(self.device),
             "dtype": str(self.autocast or torch.float32).replace("torch.", ""),
             "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(self.run_dir),
-            "code_version": ckpt.code_version(),
+            "code_version": code_version(),
         }
         if self.dist.is_main:
             if floors is not None:

@@ -192,7 +192,7 @@ def test_nonfinite_stop_names_step_and_parameters_and_keeps_the_checkpoint(make_
         train(cfg)
     root = Path(cfg.out_dir) / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step_00000004"]
-    from cart.train.checkpointing import verify
+    from cart.checkpoint import verify
     assert verify(root / "step_00000004") is None
     ev = events(cfg.out_dir, "nonfinite")[-1]
     assert ev["first_step"] == 6 and ev["parameters"] == ["norm.weight"]

@@ -189,7 +189,7 @@ class Study:
         """A metric over steps, from the run's own log, any event that has it."""
         seen: dict[int, float] = {}
         for step, v in self.store.metrics(run_id, name):
-            if v is not None:
+            if v is not None and math.isfinite(v):  # a skipped (non-finite) step is NaN: no point on the curve
                 seen[step] = v
         return sorted(seen.items())
 
