@@ -13,6 +13,8 @@ Notable features:
 - `state_dict()` is the step plus what fixes the order (T, global batch, cycle) and the epochs
   completed per domain; `load_state_dict` refuses a state from a different layout and resumes
   bit-identically; a domain that runs out wraps to its start and counts an epoch;
+- verified at start: every training file's sha256 is checked against the manifest once, in the same
+  pass as the token-id check (a file whose content changed but whose size did not is refused);
 - cheap: B memmap slices per step into one int64 array (no per-token Python);
 - document ids (`document_ids=True`, off by default as in the paper): each batch comes with the
   index of the document every token belongs to (a running count of BOS tokens in its row), which
@@ -39,7 +41,7 @@ def document_ids(tokens: torch.Tensor, bos_id: int) -> torch.Tensor:
 class TrainLoader:
     def __init__(self, manifest: Manifest | str | os.PathLike, batch_size: int, seq_len: int, rank: int = 0,
                  world_size: int = 1, cycle: dict[str, int] | None = None, check_ids: bool = True,
-                 document_ids: bool = False):
+                 document_ids: bool = False, verify: bool = True):
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         self.document_ids = bool(document_ids)
         if batch_size < 1 or seq_len < 1:
@@ -57,7 +59,8 @@ class TrainLoader:
             raise ValueError(f"TrainLoader: cycle counts must be positive integers, got {self.cycle}")
 
         self.domains = list(self.cycle)
-        self._files = [self.manifest.train_file(d, check_ids=check_ids).tokens for d in self.domains]
+        # verified once, here: each file's sha256 against the manifest, with the id check in the same pass
+        self._files = [self.manifest.train_file(d, check_ids=check_ids, verify=verify).tokens for d in self.domains]
         # rows per epoch of each domain: windows of T+1 starting at 0, T, 2T, ...
         self._rows_per_epoch = np.array([(len(f) - 1) // seq_len for f in self._files], dtype=np.int64)
         small = [d for d, r in zip(self.domains, self._rows_per_epoch) if r < 1]

@@ -5,12 +5,15 @@ Notable features:
   sets with their in/out-of-domain flag, token/byte/document counts, tokenizer identity, dtype,
   interleave cycle); `verify()` re-hashes every file against the recorded sha256;
 - `TokenFile`: a read-only memmap that refuses a file whose size is not a multiple of its dtype,
-  whose length disagrees with the manifest, or that holds an id >= vocab_size (checked in 16M-token
-  slices, so memory stays flat whatever the file size);
+  whose length disagrees with the manifest, that holds an id >= vocab_size, or (when asked) whose
+  sha256 is not the manifest's: ids and hash are checked in one pass of 16M-token slices, so memory
+  stays flat whatever the file size; every field the manifest names is checked on load, and the
+  files it lists must lie inside its folder;
 - `validate_against_model`: training refuses data tokenized for another vocabulary, naming both.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ class TokenFile:
     """A flat token file as a validated, read-only memmap. `len(tf)` tokens; `tf.tokens[i:j]`."""
 
     def __init__(self, path: str | os.PathLike, vocab_size: int | None = None, dtype=None, expected_tokens: int | None = None,
-                 check_ids: bool = True):
+                 check_ids: bool = True, expected_sha256: str | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"token file {self.path} not found")
@@ -53,8 +56,8 @@ class TokenFile:
         if n == 0:
             raise ValueError(f"{self.path}: empty token file")
         self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(n,))
-        if check_ids and vocab_size is not None:
-            self._check_ids(vocab_size)
+        if (check_ids and vocab_size is not None) or expected_sha256:
+            self._scan(vocab_size if check_ids else None, expected_sha256)
 
     def _dtype_from_manifest(self) -> np.dtype:
         for folder in (self.path.parent, self.path.parent.parent):
@@ -63,14 +66,22 @@ class TokenFile:
                 return np.dtype(json.loads(m.read_text())["dtype"])
         raise ValueError(f"{self.path}: cannot tell the token dtype: pass dtype= or vocab_size=, or keep manifest.json beside it")
 
-    def _check_ids(self, vocab_size: int) -> None:
+    def _scan(self, vocab_size: int | None, expected_sha256: str | None) -> None:
+        """One pass in 16M-token slices: the largest id against vocab_size, and the sha256 of the bytes."""
+        h = hashlib.sha256() if expected_sha256 else None
         for start in range(0, len(self.tokens), _SCAN):
             block = self.tokens[start:start + _SCAN]
-            hi = int(block.max())
-            if hi >= vocab_size:
-                pos = start + int(np.argmax(block >= vocab_size))
-                raise ValueError(f"{self.path}: token id {hi} at position {pos} is >= vocab_size {vocab_size}: the file "
-                                 f"is corrupt or was tokenized with another tokenizer")
+            if h is not None:
+                h.update(memoryview(block).cast("B"))
+            if vocab_size is not None:
+                hi = int(block.max())
+                if hi >= vocab_size:
+                    pos = start + int(np.argmax(block >= vocab_size))
+                    raise ValueError(f"{self.path}: token id {hi} at position {pos} is >= vocab_size {vocab_size}: the file "
+                                     f"is corrupt or was tokenized with another tokenizer")
+        if h is not None and h.hexdigest() != expected_sha256:
+            raise ValueError(f"{self.path}: sha256 {h.hexdigest()[:16]}… differs from the manifest's {expected_sha256[:16]}…: "
+                             f"the file changed or is corrupt (prepare the data again: `cart data prepare --force`)")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -100,31 +111,63 @@ class ValSet:
     out_of_domain: bool
 
 
+def _field(obj: dict, key: str, kind: type, prefix: str = ""):
+    """obj[key], required and of type `kind` (an int field refuses bools), else a ValueError naming it."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise ValueError(f"missing field '{prefix}{key}'")
+    v = obj[key]
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise ValueError(f"field '{prefix}{key}': expected {kind.__name__}, got {v!r}")
+    return v
+
+
+def _inside(root: Path, rel: str, field: str) -> Path:
+    """A file the manifest names, which must lie inside its folder (a manifest never points elsewhere)."""
+    p = (root / rel).resolve()
+    if root.resolve() not in p.parents:
+        raise ValueError(f"field '{field}': {rel!r} is outside the prepared folder")
+    return root / rel
+
+
 class Manifest:
     """What `prepare` wrote into a prepared folder (`<root>/<recipe>/manifest.json`)."""
 
     def __init__(self, data: dict, root: Path):
-        if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{root / 'manifest.json'}: format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        where = root / "manifest.json"
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{where}: format {got!r}, expected {MANIFEST_FORMAT!r}")
         self.data, self.root = data, root
-        tok = data["tokenizer"]
-        self.name: str = data["recipe"]["name"]
-        self.vocab_size: int = tok["vocab_size"]
-        self.bos_id: int = tok["bos_id"]
-        self.eos_id: int = tok["eos_id"]
-        self.tokenizer_name: str = tok["name"]
-        self.tokenizer_sha256: str = tok["sha256"]
-        self.tokenizer_path: Path = root / tok["file"]
-        self.dtype = np.dtype(data["dtype"])
-        self.chunk_len: int = data["interleave"]["chunk_len"]
-        self.cycle: dict[str, int] = dict(data["interleave"]["cycle"])
-        self.train: dict[str, TrainDomain] = {k: TrainDomain(k, root / v["path"], v["docs"], v["bytes"], v["tokens"], v["sha256"])
-                                              for k, v in data["train"].items()}
+        try:
+            tok = _field(data, "tokenizer", dict)
+            self.name: str = _field(_field(data, "recipe", dict), "name", str, "recipe.")
+            self.vocab_size: int = _field(tok, "vocab_size", int, "tokenizer.")
+            self.bos_id: int = _field(tok, "bos_id", int, "tokenizer.")
+            self.eos_id: int = _field(tok, "eos_id", int, "tokenizer.")
+            self.tokenizer_name: str = _field(tok, "name", str, "tokenizer.")
+            self.tokenizer_sha256: str = _field(tok, "sha256", str, "tokenizer.")
+            self.tokenizer_path: Path = _inside(root, _field(tok, "file", str, "tokenizer."), "tokenizer.file")
+            try:
+                self.dtype = np.dtype(_field(data, "dtype", str))
+            except TypeError:
+                raise ValueError(f"field 'dtype': {data['dtype']!r} is not a numpy dtype") from None
+            self.cycle: dict[str, int] = dict(_field(_field(data, "interleave", dict), "cycle", dict, "interleave."))
+            self.train: dict[str, TrainDomain] = {}
+            for k, v in _field(data, "train", dict).items():
+                f = f"train.{k}."
+                self.train[k] = TrainDomain(k, _inside(root, _field(v, "path", str, f), f + "path"), _field(v, "docs", int, f),
+                                            _field(v, "bytes", int, f), _field(v, "tokens", int, f), _field(v, "sha256", str, f))
+            self.val_sets: dict[str, ValSet] = {}
+            for k, v in _field(data, "val", dict).items():
+                f = f"val.{k}."
+                self.val_sets[k] = ValSet(k, _inside(root, _field(v, "path", str, f), f + "path"), _field(v, "docs", int, f),
+                                          _field(v, "bytes", int, f), _field(v, "tokens", int, f), _field(v, "sha256", str, f),
+                                          _field(v, "out_of_domain", bool, f))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         self.train_domains: list[str] = list(self.train)
-        self.val_sets: dict[str, ValSet] = {k: ValSet(k, root / v["path"], v["docs"], v["bytes"], v["tokens"], v["sha256"], v["out_of_domain"])
-                                            for k, v in data["val"].items()}
         if dtype_for_vocab(self.vocab_size) != self.dtype:
-            raise ValueError(f"{root / 'manifest.json'}: dtype {self.dtype} does not fit vocab_size {self.vocab_size}")
+            raise ValueError(f"{where}: dtype {self.dtype} does not fit vocab_size {self.vocab_size}")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Manifest":
@@ -135,7 +178,7 @@ class Manifest:
             raise FileNotFoundError(f"no manifest at {p}: prepare the data first (`cart data prepare <recipe>`)")
         try:
             data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{p}: not valid JSON ({e})") from None
         return cls(data, p.parent.resolve())
 
@@ -153,17 +196,21 @@ class Manifest:
             raise ValueError(f"{self.tokenizer_path}: vocab_size {tok.vocab_size} differs from the manifest's {self.vocab_size}")
         return tok
 
-    def train_file(self, domain: str, check_ids: bool = True) -> TokenFile:
+    def train_file(self, domain: str, check_ids: bool = True, verify: bool = False) -> TokenFile:
+        """A training token file; verify=True also checks its sha256 against the manifest (same pass)."""
         if domain not in self.train:
             raise ValueError(f"{self.root}: no training domain {domain!r} (have {self.train_domains})")
         d = self.train[domain]
-        return TokenFile(d.path, self.vocab_size, self.dtype, expected_tokens=d.tokens, check_ids=check_ids)
+        return TokenFile(d.path, self.vocab_size, self.dtype, expected_tokens=d.tokens, check_ids=check_ids,
+                         expected_sha256=d.sha256 if verify else None)
 
-    def val_file(self, name: str, check_ids: bool = True) -> TokenFile:
+    def val_file(self, name: str, check_ids: bool = True, verify: bool = False) -> TokenFile:
+        """A validation token file; verify=True also checks its sha256 against the manifest (same pass)."""
         if name not in self.val_sets:
             raise ValueError(f"{self.root}: no validation set {name!r} (have {list(self.val_sets)})")
         v = self.val_sets[name]
-        return TokenFile(v.path, self.vocab_size, self.dtype, expected_tokens=v.tokens, check_ids=check_ids)
+        return TokenFile(v.path, self.vocab_size, self.dtype, expected_tokens=v.tokens, check_ids=check_ids,
+                         expected_sha256=v.sha256 if verify else None)
 
     def verify(self) -> None:
         """Re-hash every token file and the tokenizer against the manifest; raise on the first mismatch."""
@@ -182,7 +229,7 @@ class Manifest:
         lines = [f"recipe {self.name}  ({self.root})",
                  f"tokenizer {tok['name']} [{tok['kind']}] vocab {self.vocab_size:,}  bos {self.bos_id} eos {self.eos_id}  "
                  f"sha256 {self.tokenizer_sha256[:12]}…  dtype {self.dtype}",
-                 f"interleave: chunks of {self.chunk_len} tokens, cycle " + " ".join(f"{k}×{v}" for k, v in self.cycle.items()),
+                 "interleave: one training row per chunk, cycle " + " ".join(f"{k}×{v}" for k, v in self.cycle.items()),
                  "", f"{'split':<6} {'name':<14} {'docs':>9} {'MB':>8} {'tokens':>12} {'bytes/tok':>9}  kind"]
         for d in self.train.values():
             lines.append(f"{'train':<6} {d.name:<14} {d.docs:>9,} {d.bytes / 1e6:>8.2f} {d.tokens:>12,} {d.bytes / d.tokens:>9.2f}")

@@ -30,8 +30,11 @@ Notable features:
 - everything is built in a persistent staging folder `<root>/.<recipe>.work/` (locked against a
   second concurrent preparation, keyed by the recipe and its sources' identities) and swapped in at
   the end; finished domains are kept across a kill. The manifest is free of times and machine paths,
-  so two preparations of one recipe are byte-identical; a prepared folder whose recipe and sources
-  are unchanged is reused. A progress bar counts tokens (on a terminal, or with progress=True).
+  so two preparations of one recipe are byte-identical. A progress bar counts tokens (on a terminal,
+  or with progress=True);
+- a prepared folder (and an unfinished staging folder) is reused only when the recipe file, every
+  source (by checksum), the pipeline code (`PIPELINE_FILES`, by content hash) and the tokenizer
+  library's version are all those recorded; otherwise it is prepared again and the log says why.
 """
 from __future__ import annotations
 
@@ -58,7 +61,9 @@ from cart.data.fetch import sha256_file
 from cart.data.manifest import MANIFEST_FORMAT, Manifest, dtype_for_vocab
 from cart.data.recipe import Domain, Recipe, load_recipe
 from cart.data.sources import Source
-from cart.data.tokenizer import Tokenizer, build_gpt2, build_llama2, load_tokenizer, train_bpe
+from cart.data.tokenizer import LIBRARIES, Tokenizer, build_gpt2, build_llama2, library_version, load_tokenizer, train_bpe
+from cart.paths import contained
+from cart.provenance import source_hash
 
 __all__ = ["prepare", "bench_tokenize", "iter_documents", "TokenEncoder"]
 
@@ -759,16 +764,43 @@ def _source_identities(rec: Recipe, root: Path) -> dict:
     return out
 
 
-def _up_to_date(out: Path, rec: Recipe, root: Path) -> bool:
-    """Same recipe file, same source files (by checksum), and every token file present at its size."""
+# The modules whose code turns a recipe's sources into token bytes (readers, hub selections,
+# cleaning, tokenizers, packing): their content hash is recorded in the manifest, so a prepared folder
+# made by other code is prepared again rather than reused.
+PIPELINE_FILES = ("clean.py", "hub.py", "prepare.py", "sources.py", "synthetic.py", "tokenizer.py")
+
+
+def pipeline_code() -> dict:
+    """{"sha256": hash of the pipeline's source files, "files": their names} for the manifest."""
+    here = Path(__file__).resolve().parent
+    return {"sha256": source_hash([here / f for f in PIPELINE_FILES], base=here), "files": list(PIPELINE_FILES)}
+
+
+def _stale_reason(out: Path, rec: Recipe, root: Path) -> str | None:
+    """Why the prepared folder `out` cannot be reused (None: it can). Current means: the same recipe
+    file, the same sources (by checksum), the same pipeline code, the same tokenizer library version,
+    and every file present at its recorded size."""
     try:
         m = Manifest.load(out)
-        if m.data["recipe"].get("sha256") != rec.sha256 or m.data.get("sources") != json.loads(json.dumps(_source_identities(rec, root))):
-            return False
-    except (FileNotFoundError, ValueError, KeyError):  # not prepared, or a source not fetched / not reachable
-        return False
+    except FileNotFoundError:
+        return "not prepared yet"
+    except ValueError as e:
+        return f"unreadable manifest ({e})"
+    if m.data["recipe"].get("sha256") != rec.sha256:
+        return "the recipe changed"
+    if m.data.get("code", {}).get("sha256") != pipeline_code()["sha256"]:
+        return "the data-pipeline code changed"
+    if m.data["tokenizer"].get("library") != library_version(m.data["tokenizer"].get("kind", "")):
+        return f"the tokenizer library changed (prepared with {m.data['tokenizer'].get('library')!r})"
+    try:
+        if m.data.get("sources") != json.loads(json.dumps(_source_identities(rec, root))):
+            return "a source changed"
+    except (FileNotFoundError, ValueError, KeyError, OSError):  # a source not fetched / not reachable
+        return "a source is not fetched"
     files = [(d.path, d.tokens) for d in m.train.values()] + [(v.path, v.tokens) for v in m.val_sets.values()]
-    return m.tokenizer_path.exists() and all(p.exists() and p.stat().st_size == n * m.dtype.itemsize for p, n in files)
+    if not m.tokenizer_path.exists() or not all(p.exists() and p.stat().st_size == n * m.dtype.itemsize for p, n in files):
+        return "a prepared file is missing or has the wrong size"
+    return None
 
 
 def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = None, workers: int | None = None,
@@ -779,10 +811,13 @@ def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = Non
     that was killed resumes where it stopped when run again (`force=True` starts afresh)."""
     rec = load_recipe(recipe)
     root = resolve_root(data_root)
-    out = root / rec.name
-    if not force and _up_to_date(out, rec, root):
+    out = contained(root, rec.name, what="recipe name")
+    why = "--force" if force else _stale_reason(out, rec, root)
+    if why is None:
         log(f"{out} is up to date (recipe {rec.name}, sha256 {rec.sha256[:12]}…)")
         return out
+    if out.exists():
+        log(f"preparing {out} again: {why}")
     workers = workers or 1
     progress = sys.stderr.isatty() if progress is None else progress
     t_start = time.perf_counter()
@@ -797,8 +832,10 @@ def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = Non
     timings["fetch_s"] = time.perf_counter() - t_start
 
     root.mkdir(parents=True, exist_ok=True)
+    # an unfinished staging folder is resumed only by the same recipe, sources, pipeline code and libraries
     work = _Work(root, rec.name, {"format": WORK_FORMAT, "manifest": MANIFEST_FORMAT, "recipe_sha256": rec.sha256,
-                                  "sources": identities}, force, log)
+                                  "sources": identities, "code": pipeline_code()["sha256"],
+                                  "libraries": {k: library_version(k) for k in LIBRARIES}}, force, log)
     try:
         t0 = time.perf_counter()
         hashed = [d for d in rec.train if d.order == "hash"]
@@ -882,7 +919,8 @@ def prepare(recipe: str | os.PathLike, data_root: str | os.PathLike | None = Non
             "recipe": {"name": rec.name, "description": rec.description, "sha256": rec.sha256, "seed": rec.seed, "spec": rec.raw},
             "tokenizer": tok.info(),
             "dtype": dtype.name,
-            "interleave": {"chunk_len": rec.chunk_len, "cycle": rec.cycle},
+            "interleave": {"cycle": rec.cycle},
+            "code": pipeline_code(),
             "sources": identities,
             "cleaning": {d.name: _cleaning(d, scans, parts) for d in rec.domains},
             "train": {d.name: _train_entry(parts[d.name]["train"]) for d in rec.train},

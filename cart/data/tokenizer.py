@@ -10,7 +10,10 @@ Notable features:
   reference tokenizations shipped beside the GGUF (all must match, or the build fails);
 - `train_bpe`: a byte-level BPE of any vocabulary size (HF `tokenizers`, deterministic), with
   `<|bos|>` = 0 and `<|eos|>` = 1;
-- every tokenizer carries `sha256` (of its file) and `name`, which manifests record and check.
+- every tokenizer carries `sha256` (of its file) and `name`, which manifests record and check, and
+  `library` (the backend package and its version), which decides whether prepared data is current;
+- special tokens only come from packing: a special-token string inside raw text ("<|bos|>", "<s>",
+  "<|endoftext|>") is encoded as ordinary text by every backend.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from typing import Iterable, Sequence
 
 from cart.data.fetch import data_root, fetch_artifact, sha256_file
 
-__all__ = ["Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "TiktokenTokenizer", "load_tokenizer", "train_bpe",
+__all__ = ["library_version", "Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "TiktokenTokenizer", "load_tokenizer", "train_bpe",
            "build_llama2", "build_gpt2", "BUILTIN_TOKENIZERS"]
 
 BUILTIN_TOKENIZERS = ("llama2", "gpt2")
@@ -56,7 +59,7 @@ class Tokenizer(ABC):
 
     def info(self) -> dict:
         return {"name": self.name, "kind": self.kind, "file": self.path.name, "sha256": self.sha256,
-                "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id}
+                "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id, "library": library_version(self.kind)}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})"
@@ -73,6 +76,9 @@ class HFTokenizer(Tokenizer):
         from tokenizers import Tokenizer as _HF
         path = Path(path)
         self._tok = _HF.from_file(str(path))
+        # raw text is text: a literal "<|bos|>" inside a document is encoded as its characters, never
+        # as the special token (packing alone places BOS/EOS, at document boundaries)
+        self._tok.encode_special_tokens = True
         bos, eos = self._find_specials(path)
         super().__init__(path, name or path.name, self._tok.get_vocab_size(with_added_tokens=True), bos, eos)
 
@@ -158,6 +164,22 @@ class TiktokenTokenizer(Tokenizer):
 
     def decode(self, ids):
         return self._enc.decode(list(ids))
+
+
+# the package behind each backend: its version is part of what a prepared folder depends on
+LIBRARIES = {"hf": "tokenizers", "sentencepiece": "sentencepiece", "tiktoken": "tiktoken"}
+
+
+def library_version(kind: str) -> str:
+    """"tokenizers 0.23.3" for kind "hf" (the installed version), "" for an unknown kind."""
+    from importlib.metadata import PackageNotFoundError, version
+    lib = LIBRARIES.get(kind)
+    if lib is None:
+        return ""
+    try:
+        return f"{lib} {version(lib)}"
+    except PackageNotFoundError:
+        return f"{lib} (not installed)"
 
 
 def load_tokenizer(path_or_name: str | os.PathLike, root: str | os.PathLike | None = None, *, name: str | None = None) -> Tokenizer:

@@ -216,7 +216,7 @@ def val_sets_from_manifest(data_dir: str | Path, names: list[str] | None = None)
         path = Path(vs.path)
         if not path.is_absolute():
             path = data_dir / path
-        tokens = TokenFile(path, manifest.vocab_size).tokens
+        tokens = TokenFile(path, manifest.vocab_size, expected_sha256=getattr(vs, "sha256", None)).tokens  # verified once
         out.append(ValData(name=name, tokens=tokens, n_bytes=getattr(vs, "bytes", None),
                            out_of_domain=bool(getattr(vs, "out_of_domain", False)), bos_id=manifest.bos_id))
     return out

@@ -131,8 +131,11 @@ class Trainer:
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} (the global micro-batch) must be divisible by the "
                              f"number of processes ({d.world_size})")
         self.local_batch = cfg.batch_size // d.world_size
+        # the loader hashes its token files once, here; the validation files are hashed once too
         self.loader = TrainLoader(self.manifest, self.local_batch, cfg.seq_len, rank=d.rank, world_size=d.world_size,
                                   document_ids=cfg.doc_masking)
+        for name in self.manifest.val_sets:
+            self.manifest.val_file(name, verify=True)
 
         # ---- where to start
         # the newest checkpoint that verifies, every file read once (its weights, optimizer and trainer state)

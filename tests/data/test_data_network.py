@@ -15,7 +15,6 @@ val_tokens = 30_000
 kind = "bpe"
 vocab_size = 2048
 [interleave]
-chunk_len = 128
 [[train]]
 name = "shakespeare"
 source = "shakespeare"

@@ -35,7 +35,7 @@ def test_layout_and_manifest(smoke):
     assert m.train_domains == ["stories", "notes"]
     assert {k: v.out_of_domain for k, v in m.val_sets.items()} == {"stories": False, "notes": False, "code": True}
     assert m.vocab_size == 512 and m.dtype == np.uint16 and (m.bos_id, m.eos_id) == (0, 1)
-    assert m.cycle == {"stories": 2, "notes": 1} and m.chunk_len == 64
+    assert m.cycle == {"stories": 2, "notes": 1} and "chunk_len" not in m.data["interleave"]
     for name, v in m.val_sets.items():
         assert v.tokens >= 4000 and v.path == smoke / "val" / f"{name}.bin"
         assert v.path.stat().st_size == 2 * v.tokens
@@ -110,7 +110,6 @@ val_tokens = 1500
 kind = "bpe"
 vocab_size = 400
 [interleave]
-chunk_len = 32
 cycle = { stories = 1, notes = 1 }
 [[train]]
 name = "stories"

