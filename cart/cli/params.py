@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from cart.accounting import account, parity
-from cart.cli.common import add_model_args, config_from_args
+from cart.cli.common import add_model_args, config_from_args, positive_int
 from cart.config import CARTConfig, config_to_dict
 
 
@@ -12,7 +12,7 @@ def register(sub) -> None:
     p = sub.add_parser("params", help="parameter and FLOP accounting for any config, with dense parity depths",
                        description="Example: cart params --d-model 1024 --n-prelude 6 --n-loops 8 --vocab-size 32000 --fidelity paper")
     add_model_args(p)
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_seq_len)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="sequence length for FLOPs (default: max_seq_len)")
     p.add_argument("--paper-flops", action="store_true", help="FLOPs in the paper's convention (no LM head)")
     p.add_argument("--count-unused", action="store_true",
                    help="count the gate, blend and loop-index parameters an ablation leaves unused, as the published code "

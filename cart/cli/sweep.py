@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from cart.cli import CLIError
+from cart.cli.common import positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -36,11 +37,11 @@ def register(sub) -> None:
 
     r = ssub.add_parser("run", help="plan and run every pending run of the stages (resumes; a finished plan does nothing)")
     common(r)
-    r.add_argument("--workers", type=int, default=1, help="runs at once (default 1; on GPU machines one per device)")
+    r.add_argument("--workers", type=positive_int, default=1, help="runs at once (default 1; on GPU machines one per device)")
     r.add_argument("--devices", default=None, help="comma-separated CUDA devices, one per worker round-robin (e.g. 0,1,2,3)")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads per run (OMP_NUM_THREADS; default cores / workers)")
-    r.add_argument("--lease", type=float, default=120.0, help="seconds without a heartbeat before a run is taken back (default 120)")
-    r.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (default 10)")
+    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads per run (OMP_NUM_THREADS; default cores / workers)")
+    r.add_argument("--lease", type=positive_float, default=120.0, help="seconds without a heartbeat before a run is taken back (default 120)")
+    r.add_argument("--heartbeat", type=positive_float, default=10.0, help="seconds between heartbeats (default 10)")
     r.add_argument("--command", default=None,
                    help="run each run with this command instead of `cart train`; placeholders {run_dir} {config} {python} {name}")
     r.add_argument("--retry-failed", action="store_true", help="give failed runs a fresh set of retries first")
@@ -67,22 +68,35 @@ def register(sub) -> None:
     k = ssub.add_parser("collect", help="record runs that an external scheduler finished (their run directories hold results)")
     common(k)
     k.set_defaults(func=run_collect)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _open(args, create: bool):
+    """(study dir, store, plan, stages). A study that does not exist yet is created only after its plan
+    and stage selection have been checked, and removed again if anything else about it fails: a
+    refused invocation leaves no study.db behind."""
     from cart.experiments.plans import PlanError, check_scope, load_plan
     from cart.experiments.store import DB_NAME, Store, StudyMismatch
 
     study = Path(args.study)
-    if not create and not (study / DB_NAME).is_file():
+    new = not (study / DB_NAME).exists()
+    if new and not create:
         raise CLIError(f"no study at {study} (expected {study / DB_NAME}); start one with `cart sweep run ... --study {study}`")
-    store = Store(study)
-    tier = args.tier or store.meta("plan_source") or store.meta("tier")
-    if tier is None:
-        store.close()
-        raise CLIError("--tier is required for a new study (paper, cpu, smoke, or a plan .toml)")
+    if study.exists() and not study.is_dir():
+        raise CLIError(f"--study {study}: exists and is not a directory")
+    if new:
+        if args.tier is None:
+            raise CLIError("--tier is required for a new study (paper, cpu, smoke, or a plan .toml)")
+        try:
+            load_plan(args.tier).select(args.plan)  # a bad tier, plan file or stage name fails before anything is created
+        except PlanError as e:
+            raise CLIError(str(e)) from None
+    made_dir = new and not study.exists()
+    store = None
     try:
+        store = Store(study)
+        tier = args.tier or store.meta("plan_source") or store.meta("tier")
+        if tier is None:
+            raise CLIError("--tier is required for a new study (paper, cpu, smoke, or a plan .toml)")
         plan = load_plan(tier)
         store.bind(tier=plan.tier, metric=plan.metric, floor_margin=str(plan.floor_margin))
         store.set_meta_default("plan_source", str(tier))
@@ -90,9 +104,36 @@ def _open(args, create: bool):
         if create:
             check_scope(plan, store, stages)
     except (PlanError, StudyMismatch) as e:
-        store.close()
+        _abandon(study, store, new, made_dir)
         raise CLIError(str(e)) from None
+    except BaseException:
+        _abandon(study, store, new, made_dir)
+        raise
     return study, store, plan, stages
+
+
+def _is_new(study: str) -> tuple[bool, bool]:
+    """(no study.db there yet, not even the folder)."""
+    from cart.experiments.store import DB_NAME
+    p = Path(study)
+    return not (p / DB_NAME).exists(), not p.exists()
+
+
+def _abandon(study: Path, store, new: bool, made_dir: bool) -> None:
+    """Close the store; if this invocation created the study, remove what it created."""
+    from cart.experiments.store import DB_NAME
+
+    if store is not None:
+        store.close()
+    if not new:
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        (study / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
+    if made_dir:
+        try:
+            study.rmdir()
+        except OSError:
+            pass
 
 
 def _command(template: str | None):
@@ -111,13 +152,21 @@ def run_sweep(args) -> int:
     from cart.experiments.orchestrator import install_signal_handlers, print_commands, run_workers
     from cart.experiments.plans import PlanError, expand
 
+    if args.heartbeat >= args.lease:
+        raise CLIError(f"--heartbeat {args.heartbeat:g} must be shorter than --lease {args.lease:g} (a run would lose its "
+                       f"lease between two heartbeats)")
+    new, made_dir = _is_new(args.study)
     study, store, plan, stages = _open(args, create=True)
     names = [s.name for s in stages]
     try:
         if args.retry_failed:
             n = store.retry_failed(names)
             print(f"cart sweep: {n} failed run(s) get a fresh set of retries")
-        expand(plan, store, stages)
+        try:
+            expand(plan, store, stages)
+        except BaseException:
+            _abandon(study, store, new, made_dir)  # a study this invocation created is not left half-planned
+            raise
         if args.print_commands:
             for line in print_commands(study, store.runs(names, status="pending"), store, _command(args.command)):
                 print(line)
@@ -268,9 +317,14 @@ def run_print_commands(args) -> int:
     from cart.experiments.orchestrator import print_commands
     from cart.experiments.plans import expand
 
+    new, made_dir = _is_new(args.study)
     study, store, plan, stages = _open(args, create=True)
     try:
-        expand(plan, store, stages)
+        try:
+            expand(plan, store, stages)
+        except BaseException:
+            _abandon(study, store, new, made_dir)
+            raise
         lines = print_commands(study, store.runs([s.name for s in stages], status="pending"), store)
         for line in lines:
             print(line)

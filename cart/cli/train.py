@@ -9,7 +9,7 @@ import sys
 import typing
 from dataclasses import fields
 
-from cart.cli.common import _bool, add_model_args, model_overrides
+from cart.cli.common import _bool, add_model_args, model_overrides, nonneg_float, nonneg_int, positive_int
 
 EPILOG = """examples:
   cart data prepare smoke && cart train --preset smoke
@@ -61,11 +61,11 @@ def register(sub) -> None:
     ls = p.add_argument_group("training-time variable R")
     ls.add_argument("--loop-sampling", dest="loop_kind", choices=["fixed", "uniform", "poisson_lognormal"], default=None,
                     help="distribution of R per step (default fixed: the model's n_loops)")
-    ls.add_argument("--loop-min", dest="loop_min", type=int, default=None, help="smallest R")
-    ls.add_argument("--loop-max", dest="loop_max", type=int, default=None, help="largest R (0: no bound for poisson_lognormal)")
-    ls.add_argument("--loop-mean", dest="loop_mean", type=float, default=None, help="mean R of poisson_lognormal (0: n_loops)")
-    ls.add_argument("--loop-sigma", dest="loop_sigma", type=float, default=None, help="log-normal sigma of poisson_lognormal")
-    ls.add_argument("--backprop-loops", dest="backprop_loops", type=int, default=None,
+    ls.add_argument("--loop-min", dest="loop_min", type=positive_int, default=None, help="smallest R")
+    ls.add_argument("--loop-max", dest="loop_max", type=nonneg_int, default=None, help="largest R (0: no bound for poisson_lognormal)")
+    ls.add_argument("--loop-mean", dest="loop_mean", type=nonneg_float, default=None, help="mean R of poisson_lognormal (0: n_loops)")
+    ls.add_argument("--loop-sigma", dest="loop_sigma", type=nonneg_float, default=None, help="log-normal sigma of poisson_lognormal")
+    ls.add_argument("--backprop-loops", dest="backprop_loops", type=nonneg_int, default=None,
                     help="backpropagate through only the last K loops (0: all)")
     add_model_args(p)
     p.set_defaults(func=run)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from cart import provenance
+from cart.paths import contained
 from cart.experiments.store import Run, Store, flatten
 
 try:  # POSIX only; elsewhere PDEATHSIG/flock are skipped and leases alone guard a run
@@ -88,7 +89,8 @@ def code_version() -> str:
 
 
 def run_dir_for(study: Path, run: Run) -> Path:
-    return Path(study) / "runs" / run.name
+    """`<study>/runs/<run name>`, the name checked and the directory proved to lie inside the study."""
+    return contained(Path(study) / "runs", run.name, what="run name")
 
 
 # ---------------------------------------------------------------------- the default commands
@@ -304,7 +306,11 @@ class Worker:
             store.close()
 
     def execute(self, store: Store, run: Run) -> str:
-        run_dir = run_dir_for(self.study, run)
+        try:
+            run_dir = run_dir_for(self.study, run)
+        except ValueError as e:  # a name from a damaged or hand-edited database: never a path outside the study
+            store.fail(run, f"refused: {e}")
+            return "failed"
         run_dir.mkdir(parents=True, exist_ok=True)
         store.set_run_dir(run, str(run_dir.resolve()))
         lock = _lock(run_dir)

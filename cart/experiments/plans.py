@@ -41,6 +41,7 @@ from typing import Any
 from cart.accounting import account, parity
 from cart.config import CARTConfig, DenseConfig, config_from_dict, config_to_dict, homogeneous_control
 from cart.experiments.store import RunRequest, Store
+from cart.paths import check_name
 
 PLAN_DIR = Path(__file__).resolve().parent.parent / "presets" / "plans"
 # model fields whose non-default value shows up in a run's name
@@ -142,6 +143,12 @@ def parse_plan(raw: dict, source: str = "plan") -> Plan:
     if not stages:
         raise PlanError(f"{source}: no [stage.*] tables")
     for i, (name, st) in enumerate(stages.items()):
+        try:  # a stage name becomes part of every run name, hence of run directories under the study
+            check_name(name, "stage name")
+        except ValueError as e:
+            raise PlanError(f"{source}: {e}") from None
+        if not isinstance(st, dict):
+            raise PlanError(f"{source}: stage {name!r} must be a table, got {st!r}")
         plan.stages[name] = _parse_stage(plan, name, i, st, raw, source)
     for st in plan.stages.values():
         for dep in st.after:

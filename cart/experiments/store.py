@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from cart.paths import atomic_output
+
 SCHEMA_VERSION = 1
 DB_NAME = "study.db"
 STATUSES = ("pending", "running", "done", "failed")
@@ -519,22 +521,22 @@ class Store:
         return rows
 
     def export(self, out: str | Path, fmt: str = "csv", stages: Iterable[str] | None = None) -> Path:
+        if fmt not in ("csv", "json"):
+            raise ValueError(f"export format must be 'csv' or 'json', got {fmt!r}")
         rows = self.table(stages)
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "json":
-            payload = {"study": {k: self.meta(k) for k in ("tier", "plan_source")}, "runs": rows}
-            out.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
-        elif fmt == "csv":
-            cols: list[str] = []
-            for r in rows:
-                cols += [k for k in r if k not in cols]
-            with open(out, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=cols)
-                w.writeheader()
-                w.writerows(rows)
-        else:
-            raise ValueError(f"export format must be 'csv' or 'json', got {fmt!r}")
+        with atomic_output(out) as tmp:  # an existing file is replaced only by a complete export
+            if fmt == "json":
+                payload = {"study": {k: self.meta(k) for k in ("tier", "plan_source")}, "runs": rows}
+                tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
+            else:
+                cols: list[str] = []
+                for r in rows:
+                    cols += [k for k in r if k not in cols]
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=cols)
+                    w.writeheader()
+                    w.writerows(rows)
         return out
 
     def export_metrics(self, out: str | Path, stages: Iterable[str] | None = None) -> Path:
@@ -542,13 +544,14 @@ class Store:
         ids = [r.id for r in self.runs(stages)]
         names = {r.id: r.name for r in self.runs(stages)}
         out = Path(out)
-        opener = (lambda: gzip.open(out, "wt", newline="")) if out.suffix == ".gz" else (lambda: open(out, "w", newline=""))
-        with opener() as f:
-            w = csv.writer(f)
-            w.writerow(["run", "step", "event", "name", "value"])
-            for i in ids:
-                for row in self.db.execute("SELECT step, event, name, value FROM metrics WHERE run_id = ? ORDER BY step, event, name", (i,)):
-                    w.writerow([names[i], row["step"], row["event"], row["name"], _nan_if_null(row["value"])])
+        with atomic_output(out) as tmp:
+            opener = (lambda: gzip.open(tmp, "wt", newline="")) if out.suffix == ".gz" else (lambda: open(tmp, "w", newline=""))
+            with opener() as f:
+                w = csv.writer(f)
+                w.writerow(["run", "step", "event", "name", "value"])
+                for i in ids:
+                    for row in self.db.execute("SELECT step, event, name, value FROM metrics WHERE run_id = ? ORDER BY step, event, name", (i,)):
+                        w.writerow([names[i], row["step"], row["event"], row["name"], _nan_if_null(row["value"])])
         return out
 
 

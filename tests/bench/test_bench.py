@@ -145,8 +145,9 @@ def test_cli_writes_json_and_table(tmp_path, capsys):
 def test_cli_rejects_bad_suite(capsys):
     from cart.cli import main
 
-    with pytest.raises(SystemExit):
-        main(["bench", "--suite", "nope"])
+    assert main(["bench", "--suite", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'nope'" in err
 
 
 def test_cpu_clock_one_thread():
