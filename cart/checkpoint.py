@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -277,7 +278,9 @@ def _parse_json(data: bytes, path: Path) -> dict:
 
 def _parse_pickle(data: bytes, path: Path) -> object:
     try:  # weights_only: tensors and plain containers only; anything else is refused, never executed
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to parse checksum-valid bytes means "not a state file"
         raise _not_a("a weights-only state file", path, e) from None
 

@@ -233,3 +233,53 @@ def test_changed_source_file_rebuilds(tmp_path, capsys):
     m = Manifest.load(prepare(tmp_path / "r.toml", tmp_path / "root", workers=1))
     assert "up to date" not in capsys.readouterr().out
     assert m.train["a"].docs + m.val_sets["a"].docs == 300
+
+
+def test_interleave_chunk_len_is_refused_with_the_reason(tmp_path):
+    """A chunk is one training row, so its length is the training seq_len: a recipe cannot set it."""
+    text = (Path(load_recipe("smoke").path).read_text().replace("[interleave]\n", "[interleave]\nchunk_len = 64\n"))
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(ValueError, match=r"interleave\.chunk_len: not a recipe setting.*seq_len"):
+        load_recipe(tmp_path / "r.toml")
+
+
+def test_a_killed_prepare_leaves_staging_that_the_next_run_removes(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    stale = root / ".smoke.partial-abc123"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "x.bin").write_bytes(b"half")
+    (root / ".smoke.old").mkdir()
+    notes = []
+    out = prepare("smoke", root, log=notes.append)
+    assert not stale.exists() and not (root / ".smoke.old").exists() and (out / "manifest.json").exists()
+    assert any("interrupted preparation" in n for n in notes)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [".smoke.lock"]
+
+
+@pytest.mark.parametrize("change", ["code", "library", "recipe"])
+def test_prepared_data_is_refreshed_when_code_library_or_recipe_change(tmp_path, monkeypatch, change):
+    import sys
+    P = sys.modules["cart.data.prepare"]  # the module (cart.data.prepare is also the function's name)
+    root = tmp_path / "root"
+    out = prepare("smoke", root, log=lambda *a: None)
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["code"]["sha256"] == P.pipeline_code()["sha256"] and data["code"]["files"] == list(P.PIPELINE_FILES)
+    assert data["tokenizer"]["library"].startswith("tokenizers ")
+    notes = []
+    assert prepare("smoke", root, log=notes.append) == out and "up to date" in notes[-1]
+    if change == "code":
+        monkeypatch.setattr(P, "pipeline_code", lambda: {"sha256": "0" * 64, "files": []})
+        reason = "data-pipeline code changed"
+    elif change == "library":
+        monkeypatch.setattr(P, "library_version", lambda kind: "tokenizers 99.0")
+        reason = "tokenizer library changed"
+    else:
+        recipe = tmp_path / "smoke.toml"
+        recipe.write_text(Path(load_recipe("smoke").path).read_text().replace("seed = 0", "seed = 1"))
+        monkeypatch.setattr(P, "load_recipe", lambda r: load_recipe(recipe))
+        reason = "recipe changed"
+    notes.clear()
+    prepare("smoke", root, log=notes.append)
+    assert any(reason in n for n in notes), notes
+    assert not any("up to date" in n for n in notes)

@@ -206,3 +206,32 @@ def test_document_ids_option(tmp_path):
     assert ids[0].tolist() == [1, 1, 1, 1, 1, 2, 2, 2, 2]
     assert ids[1].tolist() == [0, 0, 1, 1, 1, 1, 1, 2, 2]
     assert torch.equal(masked.batch_at(3)[0], plain.batch_at(3))
+
+
+def test_a_token_file_changed_in_place_is_refused_by_the_loader(fake):
+    """Same size, ids in range, different content: only the hash sees it, once, when the loader starts."""
+    path = fake / "train" / "b.bin"
+    arr = np.fromfile(path, dtype=np.uint16)
+    arr[[3, 4]] = arr[[4, 3]]  # swap two tokens
+    arr.tofile(path)
+    with pytest.raises(ValueError, match=r"b\.bin: sha256 .* differs from the manifest"):
+        TrainLoader(fake, 2, 8)
+    assert len(TrainLoader(fake, 2, 8, verify=False).batch_at(0)) == 2  # the check is the hash, nothing else
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d.pop("tokenizer"), "missing field 'tokenizer'"),
+    (lambda d: d["tokenizer"].pop("vocab_size"), "missing field 'tokenizer.vocab_size'"),
+    (lambda d: d["train"]["a"].__setitem__("tokens", "many"), "field 'train.a.tokens': expected int"),
+    (lambda d: d["val"]["a"].pop("out_of_domain"), "missing field 'val.a.out_of_domain'"),
+    (lambda d: d["train"]["a"].__setitem__("path", "../../etc/passwd"), "'train.a.path': '../../etc/passwd' is outside"),
+    (lambda d: d["tokenizer"].__setitem__("file", "/etc/hostname"), "'tokenizer.file': '/etc/hostname' is outside"),
+    (lambda d: d.__setitem__("dtype", "float77"), "field 'dtype'"),
+])
+def test_a_manifest_with_missing_or_bad_fields_is_one_line_naming_the_field(fake, edit, field):
+    data = json.loads((fake / "manifest.json").read_text())
+    edit(data)
+    (fake / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError) as e:
+        Manifest.load(fake)
+    assert field in str(e.value) and "manifest.json" in str(e.value) and "\n" not in str(e.value)

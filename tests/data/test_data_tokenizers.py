@@ -110,3 +110,34 @@ def test_unknown_tokenizer(tmp_path):
         load_tokenizer(tmp_path / "t.bin")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+SPECIAL_TEXT = "a <|bos|> b <|eos|> c <s> d </s> e <|endoftext|> f <unk>"
+
+
+def _sentencepiece(tmp_path):
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS), model_prefix=str(tmp_path / "sp"), vocab_size=300,
+                                   model_type="bpe", bos_id=1, eos_id=2, unk_id=0, minloglevel=2)
+    return load_tokenizer(tmp_path / "sp.model")
+
+
+def _tiktoken(tmp_path):
+    ranks = [bytes([i]) for i in range(256)] + [b"he", b"ll", b"hell", b"hello"]
+    path = tmp_path / "tiny.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(ranks)))
+    return load_tokenizer(path)
+
+
+@pytest.mark.parametrize("kind", ["hf", "sentencepiece", "tiktoken"])
+def test_special_token_strings_in_text_stay_text(tmp_path, kind):
+    """Only packing places BOS/EOS: a document that contains "<|bos|>" or "<s>" literally is encoded
+    as those characters by every backend, and decodes back to them."""
+    tok = {"hf": lambda p: train_bpe(iter(TEXTS), 400, p / "tokenizer.json"), "sentencepiece": _sentencepiece,
+           "tiktoken": _tiktoken}[kind](tmp_path)
+    specials = {tok.bos_id, tok.eos_id}
+    for ids in (tok.encode(SPECIAL_TEXT), tok.encode_batch([SPECIAL_TEXT])[0]):
+        assert not specials & set(ids), (kind, ids)
+    if kind != "sentencepiece":  # SentencePiece normalises spaces; the byte-level backends round-trip exactly
+        assert tok.decode(tok.encode(SPECIAL_TEXT)) == SPECIAL_TEXT
+    assert "library" in tok.info() and tok.info()["library"].split()[0] in ("tokenizers", "sentencepiece", "tiktoken")

@@ -131,3 +131,27 @@ def test_paper_gap_split_restated_with_one_denominator():
     assert g["log"]["sharing"] + g["log"]["framing"] == pytest.approx(g["log"]["total"])
     assert g["rel_to_start"]["sharing"] == pytest.approx((20.35 - 19.22) / 20.35)
     assert g["rel_to_end"]["framing"] == pytest.approx((19.22 - 18.32) / 18.32)
+
+
+@pytest.mark.parametrize("name", ["../../../X", "a/b", ".hidden"])
+def test_a_stage_name_cannot_leave_the_study(name):
+    raw = {"tier": "t", "metric": "m", "stage": {name: {"kind": "grid", "grid": {"n_loops": [2]}}}}
+    with pytest.raises(PlanError, match="stage name"):
+        parse_plan(raw, "plan.toml")
+
+
+def test_run_directories_are_contained_in_the_study(tmp_path):
+    from cart.experiments.orchestrator import Worker, run_dir_for
+    from tests.experiments.conftest import make_study
+
+    make_study(tmp_path, 1)
+    with Store(tmp_path) as s:
+        run = s.runs()[0]
+        assert run_dir_for(tmp_path, run) == tmp_path.resolve() / "runs" / run.name
+        s.db.execute("UPDATE runs SET name = '../../outside' WHERE id = ?", (run.id,))  # a damaged database
+        run = s.runs()[0]
+        with pytest.raises(ValueError, match="run name"):
+            run_dir_for(tmp_path, run)
+        claimed = s.claim("w", lease_s=60)
+        assert Worker(tmp_path).execute(s, claimed) == "failed"
+        assert "refused" in s.runs()[0].error and not (tmp_path.parent / "outside").exists()

@@ -421,3 +421,58 @@ def test_truncated_backprop_on_every_variant(variant):
         assert not torch.allclose(out[1][1][core], full[core])
     else:  # the first two of three distinct cores ran without autograd
         assert out[1][1][core] is None and out[1][1]["cores.2.mlp.w_down.weight"] is not None
+
+
+# ---------------------------------------------------------------------- skipped steps are NaN; a skipped eval is rerun
+def test_a_skipped_step_logs_nan_in_the_jsonl_tensorboard_and_the_store(make_cfg, monkeypatch, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cart.experiments.orchestrator import read_metrics
+    from cart.experiments.store import Store
+    from tests.experiments.conftest import make_study
+
+    cfg = make_cfg(nonfinite="skip", log_every=1, tensorboard=True)
+    _poison(monkeypatch, "gate.a", {1 + 3})  # step 3 is skipped
+    train(cfg)
+    ev = {e["step"]: e for e in events(cfg.out_dir, "train")}
+    assert math.isnan(ev[3]["loss"]) and math.isnan(ev[3]["grad_norm_max"]) and ev[3]["skipped_steps"] == 1
+    assert all(math.isfinite(ev[s]["loss"]) for s in ev if s != 3)
+    acc = EventAccumulator(str(Path(cfg.out_dir) / "tb"))
+    acc.Reload()
+    tb = {e.step: e.value for e in acc.Scalars("train/loss")}
+    assert math.isnan(tb[3]) and math.isfinite(tb[4])
+    make_study(tmp_path / "study", 1)
+    with Store(tmp_path / "study") as s:
+        run = s.claim("w", lease_s=60)
+        assert s.finish(run, summary={}, finals={}, metrics=read_metrics(Path(cfg.out_dir) / "metrics.jsonl"))
+        loss = dict(s.metrics(run.id, "loss", event="train"))
+        assert math.isnan(loss[3]) and loss[4] == pytest.approx(ev[4]["loss"])
+
+
+def test_an_eval_skipped_by_a_stop_signal_runs_first_on_resume(make_cfg, monkeypatch):
+    """SIGTERM during the training step of an eval step: the run checkpoints and leaves without that eval;
+    the resumed run evaluates that step before training on, so the log equals an uninterrupted run's."""
+    import os
+    import signal
+
+    ref = make_cfg("ref", eval_every=4)
+    train(ref)
+    cfg = make_cfg("run", eval_every=4)
+    real_step = trainer_mod.Trainer._train_step
+
+    def step_then_term(self, step, log_now):
+        R = real_step(self, step, log_now)
+        if step + 1 == 8:
+            os.kill(os.getpid(), signal.SIGTERM)  # lands on step 8, an eval step
+        return R
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_step", step_then_term)
+    s = train(cfg)
+    assert s["status"] == "interrupted" and s["step"] == 8
+    assert [e["step"] for e in events(cfg.out_dir, "eval")] == [4]  # step 8's eval was not run
+    monkeypatch.undo()
+    train(cfg)
+    got = [(e["step"], e["sets"]) for e in events(cfg.out_dir, "eval")]
+    want = [(e["step"], e["sets"]) for e in events(ref.out_dir, "eval")]
+    assert [g[0] for g in got] == [4, 8, 12] and got == want
+    assert_same_weights(final_weights(ref.out_dir), final_weights(cfg.out_dir))
