@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from cart.cli.common import positive_int
+from cart.cli.common import check_output_file, positive_int
 from cart.paths import atomic_output
 
 
@@ -37,6 +37,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from cart.bench import format_table, run as run_bench
 
+    check_output_file(args.json, "--json")
     log = (lambda s: None) if args.quiet else (lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
     res = run_bench(args.suite, quick=args.quick, device=args.device, repeats=args.repeats,
                     data_recipe=args.data_recipe, data_dir=args.data_dir, compile_backend=args.compile_backend,

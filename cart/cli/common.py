@@ -45,6 +45,35 @@ def positive_ints(v: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {v!r}") from None
 
 
+def check_output_file(path, flag: str) -> None:
+    """Refuse, before any work, an output file path that cannot be written: an existing directory, or
+    a path under an existing file. (Missing folders are fine: outputs create them.)"""
+    if path is None:
+        return
+    from pathlib import Path
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {p}: is a directory, expected a file path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {p}: {parent} is a file, not a folder")
+            break
+
+
+def check_output_dir(path, flag: str) -> None:
+    """Refuse, before any work, an output folder path that is an existing file (or lies under one)."""
+    if path is None:
+        return
+    from pathlib import Path
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"{flag} {p}: {q} is a file, not a folder")
+            break
+
+
 def _bool(v: str) -> bool:
     s = v.strip().lower()
     if s in ("1", "true", "yes", "on"):
@@ -100,4 +129,4 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
 
 
 __all__ = ["add_model_args", "config_from_args", "model_overrides", "config_to_dict", "positive_int", "nonneg_int",
-           "positive_float", "nonneg_float", "probability", "positive_ints"]
+           "positive_float", "nonneg_float", "probability", "positive_ints", "check_output_file", "check_output_dir"]

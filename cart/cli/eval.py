@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from cart.cli import CLIError
-from cart.cli.common import nonneg_int, positive_float, positive_int, positive_ints
+from cart.cli.common import check_output_file, nonneg_int, positive_float, positive_int, positive_ints
 from cart.paths import atomic_output
 
 
@@ -121,6 +121,7 @@ def _task_args(p, default_tasks: str) -> None:
 def _setup(args, need_tokenizer: bool):
     from cart.eval.loading import load_for_eval
 
+    check_output_file(args.out, "--out")  # before the work, not after it
     if not args.checkpoint:
         raise CLIError("a checkpoint is required")
     return load_for_eval(args.checkpoint, device=args.device, tokenizer=args.tokenizer, data=args.data,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cart.cli import CLIError
+from cart.cli.common import check_output_dir
 
 
 def register(sub) -> None:
@@ -23,6 +24,7 @@ def run(args) -> int:
     from cart.experiments.report import build_report, build_runs_report
     from cart.experiments.store import DB_NAME
 
+    check_output_dir(args.out, "--out")
     if args.runs:
         if args.study or not args.out:
             raise CLIError("--runs takes run directories instead of a study, and needs --out")

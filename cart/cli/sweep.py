@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from cart.cli import CLIError
-from cart.cli.common import positive_float, positive_int
+from cart.cli.common import check_output_file, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -300,6 +300,8 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 
 def run_export(args) -> int:
+    check_output_file(args.out, "--out")
+    check_output_file(args.metrics, "--metrics")
     study, store, plan, stages = _open(args, create=False)
     try:
         out = Path(args.out) if args.out else study / f"results.{args.format}"

@@ -482,13 +482,22 @@ class FilesSource(Source):
                 with open(path, "rb") as f:
                     for i, line in enumerate(f, 1):
                         if line.strip():
-                            row = json.loads(line)
-                            if self.text_field not in row:
+                            try:
+                                row = json.loads(line)
+                            except ValueError as e:
+                                raise ValueError(f"{path}:{i}: not a JSON line ({e})") from None
+                            if not isinstance(row, dict) or self.text_field not in row:
                                 raise ValueError(f"{path}:{i}: no field {self.text_field!r} (set text_field)")
+                            if not isinstance(row[self.text_field], str):
+                                raise ValueError(f"{path}:{i}: field {self.text_field!r} is not a string")
                             yield row[self.text_field]
             elif fmt == "parquet":
+                import pyarrow as pa
                 import pyarrow.parquet as pq
-                pf = pq.ParquetFile(path)
+                try:
+                    pf = pq.ParquetFile(path)
+                except (pa.ArrowException, OSError) as e:
+                    raise ValueError(f"{path}: not a readable parquet file ({e})") from None
                 if self.text_field not in pf.schema_arrow.names:
                     raise ValueError(f"{path}: no column {self.text_field!r} (columns: {pf.schema_arrow.names})")
                 for batch in pf.iter_batches(batch_size=1024, columns=[self.text_field]):

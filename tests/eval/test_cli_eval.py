@@ -151,3 +151,30 @@ def test_bad_input_is_one_clear_line(run, capsys, tmp_path, case):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_one_warning(run, capfd, tmp_path):
+    """Two checkpoints, 4 KB of the newest one's weights damaged: `cart eval ppl` and `cart generate` warn
+    once, naming the file, and compute with the previous checkpoint (the same numbers as asking for it)."""
+    import shutil
+
+    from cart.checkpoint import save_model
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run["run"], run_dir)
+    older = run_dir / "checkpoints" / "step_00000010"
+    newer = save_model(run_dir / "checkpoints" / "step_00000020", tiny_cart(vocab=run["vocab"], max_seq_len=128), {"step": 20})
+    blob = bytearray((newer / "model.safetensors").read_bytes())
+    blob[-8192:-4096] = bytes(4096)
+    (newer / "model.safetensors").write_bytes(bytes(blob))
+    capfd.readouterr()
+    assert main(["eval", "ppl", str(run_dir), "--json", "--max-tokens", "300"]) == 0
+    out, err = capfd.readouterr()
+    assert err.count("\n") == 1 and "warning:" in err and str(newer / "model.safetensors") in err and "checksum" in err
+    got = json.loads(out)
+    assert got["config"]["checkpoint"] == str(older) and got["config"]["step"] == 10
+    assert main(["eval", "ppl", str(older), "--json", "--max-tokens", "300", "--data", str(run["data"])]) == 0
+    assert json.loads(capfd.readouterr().out)["perplexity"] == got["perplexity"]
+    assert main(["generate", str(run_dir), "--prompt", "Once", "--max-new-tokens", "4", "--seed", "1"]) == 0
+    err = capfd.readouterr().err
+    assert err.count("warning:") == 1 and str(newer / "model.safetensors") in err
