@@ -7,10 +7,11 @@ Public API:
 - `evaluate_perplexity(model, manifest, seq_len, max_tokens=None, batch_size=8)`.
 
 Modules, one concern each: `config` (the dataclass and presets), `optim` (parameter groups, AdamW,
-schedule), `loops` (variable R, truncated backprop), `trainer` (the loop), `checkpointing`
-(atomic, verified training checkpoints), `distributed` (torchrun, DDP/FSDP2, activation
-checkpointing), `metrics` (JSONL, TensorBoard, progress), `mfu` (device peak FLOP/s), `evaluate`
-(validation perplexity). `python -m cart.train` (or `torchrun ... -m cart.train`) = `cart train`.
+schedule), `loops` (variable R, truncated backprop), `trainer` (the loop), `distributed` (torchrun,
+DDP/FSDP2, activation checkpointing), `metrics` (JSONL, TensorBoard, progress), `mfu` (device peak
+FLOP/s), `evaluate` (validation perplexity). Checkpoints (atomic save, verified resume) live in
+`cart.checkpoint`, shared with evaluation. `python -m cart.train` (or `torchrun ... -m cart.train`)
+= `cart train`.
 """
 from cart.train.config import LoopSampling, TrainConfig, list_presets
 from cart.train.evaluate import evaluate_perplexity

@@ -11,9 +11,14 @@ Notable features:
   `found_inf`), and the flag is read at the next log or checkpoint step;
 - exact resume: weights, optimizer, loader position, loop sampler and RNG states are checkpointed;
   a run killed with SIGKILL and resumed ends with the same weights as an uninterrupted run (CPU);
-- SIGTERM/SIGINT finish the current step, save a checkpoint and exit (a second SIGINT aborts);
+- resume reads the newest checkpoint that verifies (`cart.checkpoint`: checksums, each file read
+  once, a checksum-valid file that is not the expected state counts as corrupt); newer bad ones are
+  reported and set aside as corrupt_step_N; the token files are hashed once at start;
+- SIGTERM/SIGINT finish the current step, save a checkpoint and exit (a second SIGINT aborts); an
+  eval due at that step is recorded in the checkpoint and run first on resume;
 - non-finite loss or gradients: "stop" names the step and the parameters and leaves the last good
-  checkpoint untouched; "skip" drops isolated bad steps and stops after `max_skips` in a row;
+  checkpoint untouched; "skip" drops isolated bad steps and stops after `max_skips` in a row; a log
+  interval whose every step was skipped logs loss NaN (never 0);
 - per log step: loss, lr, grad norm before/after clipping, tokens/s, MFU, rho_gate and the gate's
   min/mean/max, the hyper-connection weights and the measured per-loop contraction (from that
   step's own forward pass); per eval step: loss/ppl/bpb per validation set and the loop
