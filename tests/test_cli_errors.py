@@ -73,6 +73,8 @@ def env(tmp_path_factory):
     (root / "evilplan.toml").write_text('tier = "evil"\nmetric = "stories"\n[stage."../../../X"]\nkind = "grid"\n'
                                         'grid = { n_loops = [2] }\n')
     assert main(["sweep", "print-commands", "stage1", "--tier", "smoke", "--study", str(root / "study")]) == 0
+    (root / "badvariant.toml").write_text('tier = "badvar"\nmetric = "stories"\ntrain_preset = "smoke"\n[stage.v]\n'
+                                          'kind = "variants"\n[stage.v.variants.bad]\nmodel = { n_loops = 0 }\n')
     (root / "baddb").mkdir()
     (root / "baddb" / "study.db").write_bytes(b"this is not a database" * 100)
     tasks = root / "tasks"
@@ -209,6 +211,10 @@ CASES = [
     ("sweep-unknown-tier", ["sweep", "run", "all", "--tier", "nosuch", "--study", NEW], "unknown tier 'nosuch'"),
     ("sweep-no-tier", ["sweep", "run", "all", "--study", NEW], "--tier is required"),
     ("sweep-escaping-stage", ["sweep", "run", "all", "--tier", f"{R}/evilplan.toml", "--study", NEW], "stage name"),
+    ("sweep-bad-variant-at-expansion", ["sweep", "run", "all", "--tier", f"{R}/badvariant.toml", "--study", NEW],
+     "stage 'v': CARTConfig.n_loops"),
+    ("sweep-print-bad-variant", ["sweep", "print-commands", "all", "--tier", f"{R}/badvariant.toml", "--study", NEW],
+     "stage 'v'"),
     ("sweep-print-unknown-stage", ["sweep", "print-commands", "nosuch", "--tier", "smoke", "--study", NEW], "no stage(s)"),
     ("sweep-status-no-study", ["sweep", "status", "--study", NEW], "no study at"),
     ("sweep-export-no-study", ["sweep", "export", "--study", NEW], "no study at"),

@@ -568,7 +568,12 @@ def expand(plan: Plan, store: Store, stages: list[Stage] | None = None) -> int:
         ok, _ = stage_ready(store, stage)
         if not ok:
             continue
-        members, derivation = build_stage(plan, stage, store)
+        try:
+            members, derivation = build_stage(plan, stage, store)
+        except PlanError:
+            raise
+        except (ValueError, TypeError) as e:  # a config only this expansion builds (a variant, a derived cell)
+            raise PlanError(f"{plan.source}: stage {stage.name!r}: {e}") from None
         definition = {"kind": stage.kind, "title": stage.title, "raw": stage.raw, "metric": plan.metric, "tier": plan.tier}
         if store.add_stage(stage.name, definition, derivation, members):
             n += 1
