@@ -320,3 +320,14 @@ def test_disk_full_is_one_line_and_leaves_the_old_output_intact(env, tmp_path, c
     err = capfd.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "no space left on the device" in err and str(out) in err
     assert out.read_text() == '{"previous": true}\n' and [p.name for p in tmp_path.iterdir()] == ["res.json"]
+
+
+def test_outputs_create_missing_folders_the_same_way_everywhere(env, tmp_path, capfd):
+    out = tmp_path / "a" / "b" / "ppl.json"
+    assert main(["eval", "ppl", str(env / "run"), "--out", str(out), "--max-tokens", "50", "--json"]) == 0
+    assert json.loads(out.read_text())["perplexity"]
+    exp = tmp_path / "c" / "d" / "results.csv"
+    met = tmp_path / "e" / "metrics.csv.gz"
+    assert main(["sweep", "export", "--study", str(env / "study"), "--out", str(exp), "--metrics", str(met)]) == 0
+    assert exp.read_text().splitlines()[0]  # the header row
+    assert met.is_file()

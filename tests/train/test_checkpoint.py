@@ -218,3 +218,33 @@ def test_newest_good_reports_every_skipped_checkpoint(run_with_two):
     assert good.path == older and len(problems) == 1 and "trainer.pt: missing" in problems[0]
     assert good.optimizer is not None and good.trainer["step"] == 4
     assert resolve(cfg.out_dir, warn=None).path == newer  # evaluation needs no trainer.pt
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_checkpoint(make_cfg, capfd, monkeypatch):
+    import errno
+
+    from cart.cli import main
+
+    cfg = make_cfg("full", steps=8)
+    real = ck._torch_save
+    calls = {"n": 0}
+
+    def full_disk(obj, path):
+        calls["n"] += 1
+        if calls["n"] > 2:  # step 4's optimizer.pt and trainer.pt are written; step 8's are not
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(obj, path)
+    monkeypatch.setattr(ck, "_torch_save", full_disk)
+    argv = ["train", "--preset", "smoke", "--data", cfg.data, "--out-dir", cfg.out_dir, "--steps", "8", "--batch-size", "4",
+            "--seq-len", "32", "--ckpt-every", "4", "--eval-every", "0", "--final-eval-tokens", "128", "--peak-flops", "1e11",
+            "--tensorboard", "false"]
+    capfd.readouterr()
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device" in err and "Traceback" not in err
+    root = Path(cfg.out_dir) / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000004"]  # no half-written step_8, no temp folder
+    assert ck.verify(root / "step_00000004") is None
+    monkeypatch.undo()
+    assert main(argv) == 0  # space freed: the rerun resumes from step 4 and finishes
+    assert ck.read(root / "step_00000008", training=True).step == 8
