@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from cart.cli import CLIError
 from cart.cli.common import check_output_file, nonneg_int, positive_float, positive_int, positive_ints

@@ -50,6 +50,12 @@ class _Boom:
         return (os.system, (f"touch {self.marker}",))
 
 
+def argparse_namespace():
+    """An ordinary pickle of a class that weights_only does not allow."""
+    import argparse
+    return argparse.Namespace(step=8)
+
+
 @pytest.fixture
 def tiny(tmp_path):
     torch.manual_seed(0)
@@ -179,11 +185,6 @@ def test_resume_treats_a_checksum_valid_non_state_pickle_as_corrupt(make_cfg, ca
     assert str(bad / name) in resume["message"] and why in resume["message"]
     assert (root / "corrupt_step_00000008").is_dir() and s["step"] == 12
     assert_same_weights(final_weights(ref.out_dir), final_weights(cfg.out_dir))
-
-
-def argparse_namespace():
-    import argparse
-    return argparse.Namespace(step=8)
 
 
 def test_training_resume_reads_each_checkpoint_file_once(make_cfg, monkeypatch):
