@@ -73,10 +73,10 @@ def register(sub) -> None:
                                     "--steps 800 --batch-size 16 --seq-len 256). Writes RUN/ngram_floors.json for a run.")
     n.add_argument("checkpoint", nargs="?", help="run dir or checkpoint dir (its trainer state fixes the tokens seen)")
     n.add_argument("--data", default=None, help="prepared data dir (default: the run's)")
-    n.add_argument("--steps", type=int, default=None, help="without a run: loader steps (micro-batches) to count")
-    n.add_argument("--batch-size", type=int, default=None, help="without a run: global batch in sequences")
-    n.add_argument("--seq-len", type=int, default=None, help="without a run: training sequence length")
-    n.add_argument("--max-tokens", type=int, default=None, help="score only the first N predictions of each set")
+    n.add_argument("--steps", type=positive_int, default=None, help="without a run: loader steps (micro-batches) to count")
+    n.add_argument("--batch-size", type=positive_int, default=None, help="without a run: global batch in sequences")
+    n.add_argument("--seq-len", type=positive_int, default=None, help="without a run: training sequence length")
+    n.add_argument("--max-tokens", type=positive_int, default=None, help="score only the first N predictions of each set")
     n.add_argument("--out", default=None, help="write the floors JSON here (default for a run: RUN/ngram_floors.json)")
     n.add_argument("--json", action="store_true", help="print the floors JSON instead of a table")
     n.set_defaults(func=run_ngram)
@@ -298,32 +298,29 @@ def run_ngram(args) -> int:
     from cart.eval.ngram import floors_for_loader_state
     from cart.eval.perplexity import val_sets_from_manifest
 
+    check_output_file(args.out, "--out")
     planned = (args.steps, args.batch_size, args.seq_len)
     if args.checkpoint:
         if any(v is not None for v in planned):
             raise CLIError("--steps/--batch-size/--seq-len describe a planned run; with a run dir they come from its checkpoint")
-        import torch
+        from cart.checkpoint import TRAINER, resolve
 
-        from cart.checkpoint import resolve_checkpoint
-        ckpt = resolve_checkpoint(args.checkpoint)
-        trainer_pt = ckpt / "trainer.pt"
-        if not trainer_pt.is_file():
-            raise CLIError(f"{ckpt}: no trainer.pt (a training checkpoint records which tokens the run saw)")
-        state = torch.load(trainer_pt, map_location="cpu", weights_only=True).get("loader")
+        # a training checkpoint records which tokens the run saw; verified like any checkpoint
+        loaded = resolve(args.checkpoint, training=True)
+        ckpt = loaded.path
+        state = loaded.trainer.get("loader")
         if not isinstance(state, dict):
-            raise CLIError(f"{trainer_pt}: no loader state")
+            raise CLIError(f"{ckpt / TRAINER}: no loader state")
         data_dir = args.data or find_data_dir(ckpt)
         if data_dir is None:
             raise CLIError("no data dir known for this run: pass --data PREPARED_DIR")
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
         out = args.out or str(run_dir / "ngram_floors.json")
     else:
-        if any(v is None or v < 1 for v in planned) or not args.data:
+        if any(v is None for v in planned) or not args.data:
             raise CLIError("without a run dir, give --data, --steps, --batch-size and --seq-len (all positive)")
         data_dir, out = args.data, args.out
         state = {"step": args.steps, "global_batch": args.batch_size, "seq_len": args.seq_len}
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise CLIError(f"--max-tokens must be a positive integer, got {args.max_tokens}")
     manifest = load_manifest(data_dir)
     rep = floors_for_loader_state(manifest, state, val_sets_from_manifest(data_dir), args.max_tokens).to_dict()
     rep["step"] = int(state["step"])
