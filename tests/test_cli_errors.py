@@ -182,6 +182,13 @@ CASES = [
     ("vary-r-max-0", ["eval", "vary-r", RUN, "--loops", "2", "--adaptive-max", "0"], "--adaptive-max"),
     ("vary-r-cuda", ["eval", "vary-r", RUN, "--loops", "2", "--device", "cuda"], "CUDA is not available"),
     ("vary-r-corrupt", ["eval", "vary-r", BAD, "--loops", "2"], "checksum"),
+    # ---- eval ngram
+    ("ngram-steps-0", ["eval", "ngram", "--data", DATA, "--steps", "0", "--batch-size", "2", "--seq-len", "8"],
+     "--steps: expected a positive integer"),
+    ("ngram-planned-no-data", ["eval", "ngram", "--steps", "2", "--batch-size", "2", "--seq-len", "8"], "give --data"),
+    ("ngram-model-only-checkpoint", ["eval", "ngram", RUN], "does not list train_config.json"),
+    ("ngram-corrupt", ["eval", "ngram", BAD], "checksum"),
+    ("ngram-out-is-dir", ["eval", "ngram", RUN, "--out", f"{R}/adir"], "--out"),
     # ---- generate
     ("gen-no-prompt", ["generate", RUN], "give --prompt"),
     ("gen-max-new-neg", ["generate", RUN, *P, "--max-new-tokens", "-1"], "--max-new-tokens: expected a positive integer"),
@@ -256,7 +263,7 @@ def test_the_table_covers_every_command():
     assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
     commands = {c[1][0] for c in CASES if c[1]}
     assert commands >= {"params", "data", "train", "eval", "generate", "sweep", "report", "bench"}
-    assert {c[1][1] for c in CASES if c[1][:1] == ["eval"] and len(c[1]) > 1} == {"ppl", "tasks", "vary-r"}
+    assert {c[1][1] for c in CASES if c[1][:1] == ["eval"] and len(c[1]) > 1} == {"ppl", "tasks", "vary-r", "ngram"}
     assert {c[1][1] for c in CASES if c[1][:1] == ["sweep"] and len(c[1]) > 1} >= {"run", "status", "export", "collect",
                                                                                     "print-commands"}
 
