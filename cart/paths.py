@@ -1,10 +1,12 @@
-"""Names that users choose, turned into paths that stay inside their root.
+"""Names that users choose, turned into paths that stay inside their root: the one place for it.
 
 A plan's stage names, run names, recipe and domain names, source names and split names all end up
-as parts of file paths. `check_name` accepts one plain path component (letters, digits, `.`, `_`,
-`-`, starting with a letter or digit: no separators, no `..`, nothing hidden), and `contained`
-joins names under a root and proves the result is strictly inside it after resolving `..` and
-symbolic links. Both raise a one-line ValueError naming the field and the value.
+as parts of file paths. `contained_path(root, *parts)` is the primitive: it refuses an empty, `.`,
+`..` or absolute component or one holding a separator, and proves that the result, with symbolic
+links resolved, stays inside `root` (hub repository paths, whose components may hold `=` or `+`, go
+through it). `check_name` is the stricter rule for names a user picks (letters, digits, `.`, `_`,
+`-`, starting with a letter or digit), and `contained(root, *names, what=...)` applies both. All
+raise a one-line ValueError naming the field and the value.
 
 `atomic_output(path)` is how a command writes a result file: its folder is created if missing
 (every command behaves the same), the content goes to a temporary name beside it and replaces the
@@ -33,16 +35,31 @@ def check_name(value, what: str = "name") -> str:
     return value
 
 
-def contained(root: str | os.PathLike, *names: str, what: str = "name") -> Path:
-    """`root / names...`, each name checked by `check_name` and the result, with symbolic links resolved,
-    strictly inside `root` (resolved too). Raises ValueError otherwise."""
+def contained_path(root: str | os.PathLike, *parts: str) -> Path:
+    """`root/part/part...` resolved, refused when a part is empty, '.', '..', absolute or holds a
+    separator, or when the result (following symlinks) would leave `root`."""
     base = Path(root).resolve()
+    for part in parts:
+        if (not isinstance(part, str) or part in ("", ".", "..") or "/" in part or "\\" in part or "\x00" in part
+                or os.path.isabs(part)):
+            raise ValueError(f"refusing path component {part!r} under {base}")
+    path = base.joinpath(*parts).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(f"refusing {base.joinpath(*parts)}: it resolves to {path}, outside {base}")
+    return path
+
+
+def contained(root: str | os.PathLike, *names: str, what: str = "name") -> Path:
+    """`root / names...`, each name a plain name (`check_name`) and the result, with symbolic links
+    resolved, strictly inside `root`. Raises ValueError otherwise."""
     for n in names:
         check_name(n, what)
-    path = base.joinpath(*names)
-    real = path.resolve()
-    if real == base or base not in real.parents:
-        raise ValueError(f"{what} {'/'.join(names)!r} resolves to {real}, outside {base}")
+    try:
+        path = contained_path(root, *names)
+    except ValueError as e:
+        raise ValueError(f"{what} {'/'.join(names)!r}: {e}") from None
+    if path == Path(root).resolve():
+        raise ValueError(f"{what} {'/'.join(names)!r} names the root itself")
     return path
 
 
@@ -63,4 +80,4 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-__all__ = ["check_name", "contained", "atomic_output", "MAX_NAME"]
+__all__ = ["check_name", "contained", "contained_path", "atomic_output", "MAX_NAME"]

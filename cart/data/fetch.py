@@ -26,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cart.paths import contained_path  # re-exported: hub.py resolves repository paths with it
+
 __all__ = ["Artifact", "data_root", "fetch_artifact", "cached_artifact", "sha256_file", "contained_path"]
 
 
@@ -34,20 +36,6 @@ def data_root(path: str | os.PathLike | None = None) -> Path:
     if path is None:
         path = os.environ.get("CART_DATA_DIR") or "data"
     return Path(path).expanduser().resolve()
-
-
-def contained_path(root: str | os.PathLike, *parts: str) -> Path:
-    """`root/part/part...` resolved, refused when a part is empty, '.', '..', absolute or holds a
-    separator, or when the result (following symlinks) would leave `root`."""
-    base = Path(root).resolve()
-    for part in parts:
-        if (not isinstance(part, str) or part in ("", ".", "..") or "/" in part or "\\" in part or "\x00" in part
-                or os.path.isabs(part)):
-            raise ValueError(f"refusing path component {part!r} under {base}")
-    path = base.joinpath(*parts).resolve()
-    if not path.is_relative_to(base):
-        raise ValueError(f"refusing {base.joinpath(*parts)}: it resolves to {path}, outside {base}")
-    return path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -242,7 +242,7 @@ def test_paper_recipe_builds_the_papers_splits(tmp_path, use_mirror):
     tok = m.load_tokenizer()
     train = {d: docs_of(m.train[d].path, tok, m.dtype) for d in m.train_domains}
     val = {v: docs_of(m.val_sets[v].path, tok, m.dtype) for v in m.val_sets}
-    assert m.cycle == {"tinystories": 3, "wikipedia": 3, "fineweb-edu": 4} and m.chunk_len == 1024
+    assert m.cycle == {"tinystories": 3, "wikipedia": 3, "fineweb-edu": 4} and "chunk_len" not in m.data["interleave"]
     assert not any(v.out_of_domain for v in m.val_sets.values())
 
     # TinyStories: every train shard, in order; validation = the official validation split's first documents

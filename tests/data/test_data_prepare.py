@@ -243,20 +243,6 @@ def test_interleave_chunk_len_is_refused_with_the_reason(tmp_path):
         load_recipe(tmp_path / "r.toml")
 
 
-def test_a_killed_prepare_leaves_staging_that_the_next_run_removes(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    stale = root / ".smoke.partial-abc123"
-    (stale / "train").mkdir(parents=True)
-    (stale / "train" / "x.bin").write_bytes(b"half")
-    (root / ".smoke.old").mkdir()
-    notes = []
-    out = prepare("smoke", root, log=notes.append)
-    assert not stale.exists() and not (root / ".smoke.old").exists() and (out / "manifest.json").exists()
-    assert any("interrupted preparation" in n for n in notes)
-    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no staging, no lock file
-
-
 @pytest.mark.parametrize("change", ["code", "library", "recipe"])
 def test_prepared_data_is_refreshed_when_code_library_or_recipe_change(tmp_path, monkeypatch, change):
     import sys
@@ -283,26 +269,3 @@ def test_prepared_data_is_refreshed_when_code_library_or_recipe_change(tmp_path,
     prepare("smoke", root, log=notes.append)
     assert any(reason in n for n in notes), notes
     assert not any("up to date" in n for n in notes)
-
-
-def test_two_preparations_under_one_root_take_turns(tmp_path):
-    """The second waits for the first's lock on the data root (and then finds the data up to date)."""
-    import fcntl
-    import os
-    import threading
-
-    root = tmp_path / "root"
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # as a first `cart data prepare` would
-    notes, done = [], threading.Event()
-    t = threading.Thread(target=lambda: (prepare("smoke", root, log=notes.append), done.set()))
-    t.start()
-    for _ in range(500):
-        if any("waiting for another" in n for n in notes):
-            break
-        threading.Event().wait(0.01)
-    assert any("waiting for another" in n for n in notes) and not done.is_set()
-    os.close(fd)
-    t.join(timeout=120)
-    assert done.is_set() and (root / "smoke" / "manifest.json").exists()
