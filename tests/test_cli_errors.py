@@ -281,9 +281,11 @@ def test_the_table_covers_every_command():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_invocation_is_one_line_exit_2_and_touches_nothing(env, capfd, case):
+def test_bad_invocation_is_one_line_exit_2_and_touches_nothing(env, capfd, monkeypatch, case):
     _, argv, fragment = case
     argv = [a.replace(R, str(env)) for a in argv]
+    monkeypatch.chdir(env)  # a default data root (./data, $CART_DATA_DIR) is inside the snapshot too
+    monkeypatch.setenv("CART_DATA_DIR", str(env / "data"))
     before = _snapshot(env)
     capfd.readouterr()
     rc = main(argv)

@@ -200,8 +200,6 @@ def _task_data(args):
     from cart.eval.benchmarks import benchmark
     from cart.eval.task_data import parse_split_file
 
-    if args.shots < 0:
-        raise CLIError(f"--shots must be >= 0, got {args.shots}")
     files = {}
     for spec in args.split_file:
         try:
@@ -248,6 +246,9 @@ def run_tasks(args) -> int:
     names = T.expand_task_names(args.tasks)
     if not names:
         raise CLIError("no tasks named (--tasks)")
+    if not args.checkpoint:  # before any task file is read or fetched
+        raise CLIError("a checkpoint is required")
+    check_output_file(args.out, "--out")
     _, task_objs = _load_tasks(args, names)  # every task and its rows checked before the model is loaded
     setup = _setup(args, need_tokenizer=True)
     if args.n_loops is not None:

@@ -90,7 +90,7 @@ def test_tasks_on_split_files(run, capsys, tmp_path):
     (["--split-file", "nope:train=x.jsonl"], "unknown task 'nope'"),
     (["--split-file", "sciq:train=/no/such.jsonl"], "no such file"),
     (["--shots", "1", "--split-file", "sciq:validation=@VAL"], "--split-file sciq:train=PATH"),
-    (["--shots", "-1"], "--shots must be >= 0"),
+    (["--shots", "-1"], "--shots: expected an integer >= 0"),
 ])
 def test_task_data_errors_are_one_line(run, capsys, tmp_path, extra, msg):
     val = tmp_path / "v.jsonl"
