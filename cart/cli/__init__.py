@@ -20,7 +20,7 @@ import tarfile
 import zipfile
 
 # Sub-command modules, in the order they appear in `cart --help`.
-_MODULES = ["params", "data", "train", "eval", "generate", "sweep", "report", "bench"]
+_MODULES = ["params", "data", "train", "eval", "generate", "export", "sweep", "report", "bench"]
 
 EXIT_USAGE = 2  # every user or environment error
 
