@@ -1,11 +1,11 @@
 """Run in a separate interpreter that cannot import cart (only torch and transformers): load an
 exported directory, compare it with what cart computed, print one JSON line.
 
-    python -S hf_child.py EXPECTED.safetensors EXPORT_DIR     (PYTHONPATH = the site-packages only)
+    python -S hf_child.py EXPECTED.safetensors EXPORT_DIR [EXPECTED2 DIR2 ...]   (PYTHONPATH: site-packages)
 
 EXPECTED holds, computed by cart: `input_ids` [B, T] and their `logits` [B, T, V], `greedy` (the
 greedy continuation of input_ids[0]) and, for the tokenizer, `text_ids` (the ids of TEXTS, each with
-BOS, padded with -1). This file imports nothing from cart or from the tests, by design.
+BOS, padded with -1). One JSON line per pair. This file imports nothing from cart or the tests, by design.
 """
 import json
 import sys
@@ -53,4 +53,6 @@ def main(expected_path: str, export_dir: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2])))
+    args = sys.argv[1:]
+    for expected, export in zip(args[0::2], args[1::2]):
+        print(json.dumps(main(expected, export)))
