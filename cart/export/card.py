@@ -219,7 +219,8 @@ def _training(tc: dict | None, summary: dict | None, step) -> list[str]:
             ["schedule", f"peak lr {c.get('lr')}, {c.get('warmup_steps')} warmup steps, cosine to {c.get('min_lr')}"],
             ["loop count in training", ls.get("kind", "fixed") + ("" if ls.get("kind", "fixed") == "fixed" else
                                                                   f" ({', '.join(f'{k}={v}' for k, v in ls.items() if k != 'kind')})")],
-            ["precision / seed", f"{c.get('dtype')} / {c.get('seed')}"],
+            ["precision / seed", f"{c.get('dtype')}" + (f" ({summary['dtype']})" if summary and summary.get("dtype")
+                                                         and c.get("dtype") == "auto" else "") + f" / {c.get('seed')}"],
             ["code version", tc.get("code_version", "?")]]
     if summary:
         rows += [["hardware", f"{summary.get('device')} × {summary.get('world_size')}"],
@@ -228,12 +229,13 @@ def _training(tc: dict | None, summary: dict | None, step) -> list[str]:
     return _table(["", ""], rows)
 
 
-def _results(ev: dict | None, summary: dict | None) -> list[str]:
+def _results(ev: dict | None, summary: dict | None, order: list[str]) -> list[str]:
     if ev is None:
         lines = ["No validation results are recorded for this checkpoint's step (run `cart eval ppl` on it).", ""]
     else:
+        names = sorted(ev["sets"], key=lambda n: order.index(n) if n in order else len(order))  # the manifest's order
         rows = [[name, "out of domain" if v.get("out_of_domain") else "held out", _num(v.get("ppl"), 2), _num(v.get("bpb"), 3),
-                 _num(v.get("tokens"))] for name, v in ev["sets"].items()]
+                 _num(v.get("tokens"))] for name, v in ((n, ev["sets"][n]) for n in names)]
         lines = [f"Validation perplexity and bits per byte ({ev['source']}):", ""] + _table(
             ["set", "kind", "ppl", "bits/byte", "tokens"], rows)
     if summary and "rho_gate" in summary:
@@ -267,18 +269,21 @@ def _ngram(floors) -> list[str]:
 
 
 def _usage(cfg, tok) -> list[str]:
-    loops = (f"\nlogits = model(ids, n_loops={2 * cfg.n_loops}).logits   # any loop count at inference (trained R = {cfg.n_loops})"
-             if isinstance(cfg, CARTConfig) and cfg.share_core else "")
+    shared = cfg.share_core if isinstance(cfg, CARTConfig) else cfg.share_layers
+    trained = cfg.n_loops if isinstance(cfg, CARTConfig) else cfg.n_layers
+    loops = (f"\nlogits = model(ids, n_loops={2 * trained}).logits   # any loop count at inference (trained: {trained})"
+             if shared else "")
     return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-            "tok = AutoTokenizer.from_pretrained(PATH)          # BOS is prepended, as in training",
+            "tok = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)   # BOS is prepended, as in training",
             "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)",
             'ids = tok("The president said", return_tensors="pt").input_ids',
             "out = model.generate(ids, max_new_tokens=40, do_sample=True, top_p=0.95)" + loops,
             "print(tok.decode(out[0]))", "```", "",
             f"`trust_remote_code=True` runs `modeling_cart.py` from this directory (torch and transformers only; read it "
-            f"first). The cache keeps each MLA layer's d/4 latent and the anchor K/V once for all loops. Context: "
+            f"first); the tokenizer runs no code, the flag only spares transformers' question about the config. The "
+            f"cache keeps each MLA layer's d/4 latent and the anchor K/V once for all loops. Context: "
             f"{cfg.max_seq_len} tokens. Evaluate with EleutherAI's harness: `lm_eval --model hf --model_args "
-            f"pretrained=PATH,trust_remote_code=True,add_bos_token=True --tasks ...`.", ""]
+            f"pretrained=PATH,trust_remote_code=True --tasks ...`" + (" (add `,n_loops=R` to change the loop count)." if shared else "."), ""]
 
 
 def render(facts: dict, cfg, tok) -> str:
@@ -298,9 +303,12 @@ def render(facts: dict, cfg, tok) -> str:
     lines += ["## Architecture and accounting", ""] + _architecture(cfg, seq_len)
     lines += ["## Data", ""] + _data(facts.get("manifest"), tok)
     lines += ["## Training", ""] + _training(facts.get("train_config"), facts.get("summary"), facts.get("step"))
-    lines += ["## Results", ""] + _results(facts.get("eval"), facts.get("summary")) + _ngram(facts.get("ngram_floors"))
+    order = list((facts.get("manifest") or {}).get("val", {}))
+    lines += ["## Results", ""] + _results(facts.get("eval"), facts.get("summary"), order) + _ngram(facts.get("ngram_floors"))
+    ckpt = Path(facts["checkpoint"])
+    where = f"checkpoint `{ckpt.name}` of run `{ckpt.parent.parent.name}`" if ckpt.parent.name == "checkpoints" else f"`{ckpt.name}`"
     lines += ["## Provenance", "",
-              f"Exported from `{facts['checkpoint']}` (step {facts.get('step')}, trained with cart {facts.get('code_version') or '?'}; "
+              f"Exported from {where} (step {facts.get('step')}, trained with cart {facts.get('code_version') or '?'}; "
               f"exported with cart {facts.get('code_version_now')}). `cart_run/` holds cart's own records of the run "
               "(model.json, train_config.json, the data manifest, the original tokenizer file); "
               "`cart import hf PATH RUN_DIR` turns this directory back into a cart checkpoint with bit-equal weights.", ""]

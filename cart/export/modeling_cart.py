@@ -620,6 +620,8 @@ class CartPreTrainedModel(PreTrainedModel):
         labels: next-token targets aligned with input_ids (shifted inside; -100 is ignored).
         """
         cache = cache if cache is not None else past_key_values
+        if kwargs.get("position_ids") is not None:
+            raise ValueError("position_ids are not taken: positions follow from the cache length and the attention mask")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         x = self.model.embed(input_ids) if inputs_embeds is None else inputs_embeds

@@ -211,3 +211,12 @@ def test_exported_files_get_the_usual_modes(exported):
     umask = os.umask(0)
     os.umask(umask)
     assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {0o666 & ~umask}
+
+
+def test_without_transformers_the_export_is_written_unchecked(smoke_data, tmp_path, monkeypatch, capsys):
+    import sys
+    run = make_run(tmp_path / "run", tiny(), smoke_data)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
+    assert main(["export", "hf", str(run), str(tmp_path / "hf")]) == 0
+    assert "transformers is not installed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "hf" / "cart_run" / "export.json").read_text())["verified"] is None

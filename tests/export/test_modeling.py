@@ -229,6 +229,8 @@ def test_bad_configs_and_calls_are_refused():
         hf()
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=32"):
         hf(ids(1, 33))
+    with pytest.raises(ValueError, match="position_ids are not taken"):
+        hf(ids(1, 3), position_ids=torch.arange(3)[None])
 
 
 @torch.no_grad()
