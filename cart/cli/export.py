@@ -11,7 +11,7 @@ def register(sub) -> None:
     h = esub.add_parser("hf", help="a directory that transformers loads (AutoModelForCausalLM with trust_remote_code, "
                                    "AutoTokenizer), with a generated model card",
                         description="Example: cart export hf runs/main exports/cart-main  "
-                                    "(then: huggingface-cli upload USER/cart-main exports/cart-main)")
+                                    "(then, with hub access: hf upload USER/cart-main exports/cart-main)")
     h.add_argument("checkpoint", help="run dir (its newest good checkpoint), checkpoint dir or model.safetensors")
     h.add_argument("out_dir", help="the directory to write (must not exist or be empty, unless --force)")
     h.add_argument("--tokenizer", default=None, help="tokenizer path or name (default: the run's data manifest)")

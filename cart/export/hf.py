@@ -7,7 +7,7 @@ An exported directory (`export_hf`) holds
     modeling_cart.py         self-contained modelling code (torch + transformers only)
     tokenizer.json           the run's tokenizer (trained BPE, Llama-2 or GPT-2) for AutoTokenizer,
     tokenizer_config.json    BOS prepended as cart does; ids checked equal to cart's
-    generation_config.json   BOS/EOS, the context length
+    generation_config.json   BOS, EOS and pad (= EOS) ids
     README.md                the model card, generated from the run (cart/export/card.py)
     cart_run/                provenance: cart's model.json, train_config.json, summary.json, the data
                              manifest, ngram_floors.json when present, the original tokenizer file,
@@ -84,7 +84,6 @@ def _sample_texts(tok, data_dir: Path | None) -> list[str]:
         manifest = load_manifest(data_dir)
     except (FileNotFoundError, ValueError):
         return []
-    from cart.data import TokenFile
     texts: list[str] = []
     per_set = max(1, SAMPLE_DOCS // max(1, len(manifest.val_sets)))
     for name in manifest.val_sets:

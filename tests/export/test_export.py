@@ -1,7 +1,6 @@
 """`cart export hf` / `cart import hf`: the directory transformers loads (every variant), the tokenizer,
 the model card, the round trip with bit-equal weights, and the refusals that leave nothing behind."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
