@@ -249,23 +249,27 @@ def _results(ev: dict | None, summary: dict | None, order: list[str]) -> list[st
     return lines
 
 
-def _ngram(floors) -> list[str]:
-    """ngram_floors.json as written by `cart eval ngram`, shown as recorded: one row per entry with
-    its numeric fields (nested one level), or the raw value."""
+def _ngram(floors, ev: dict | None, step) -> list[str]:
+    """The n-gram floors of `cart eval ngram` / the trainer (ngram_floors.json: per set unigram and
+    Kneser-Ney bigram perplexity, counted on the tokens the run trained on), beside the model's own
+    perplexity when both describe the same sets. Another layout is shown as recorded."""
     if floors is None:
-        return [f"N-gram floors: {NOT_COMPUTED} (`cart eval ngram` writes {NGRAM_FLOORS} into the run directory).", ""]
-    lines = [f"N-gram floors, as `cart eval ngram` recorded them in the run's {NGRAM_FLOORS}:", ""]
-    if not isinstance(floors, dict):
-        return lines + ["```", json.dumps(floors, indent=2), "```", ""]
-    cols: list[str] = []
-    for v in floors.values():
-        if isinstance(v, dict):
-            cols += [k for k in v if k not in cols and not isinstance(v[k], (dict, list))]
-    if not cols:
-        return lines + _table(["entry", "value"], [[k, _num(v, 2)] for k, v in floors.items()])
-    rows = [[k] + ([_num(v[c], 2) if c in v else "" for c in cols] if isinstance(v, dict) else [_num(v, 2)] + [""] * (len(cols) - 1))
-            for k, v in floors.items()]
-    return lines + _table(["entry"] + cols, rows)
+        return [f"N-gram floors: {NOT_COMPUTED} (`cart eval ngram RUN` writes {NGRAM_FLOORS} into the run directory).", ""]
+    sets = floors.get("sets") if isinstance(floors, dict) else None
+    if not isinstance(sets, dict):
+        return [f"N-gram floors, as recorded in the run's {NGRAM_FLOORS}:", "", "```", json.dumps(floors, indent=2), "```", ""]
+    at = floors.get("step")
+    lines = [f"N-gram floors ({NGRAM_FLOORS}): count-based models fitted to the {_num(floors.get('train_tokens'))} training "
+             f"tokens of the run's first {_num(at)} steps ({floors.get('method', 'method not recorded')})."
+             + (f" They describe step {at}; this checkpoint is step {step}." if at is not None and at != step else ""), ""]
+    model = (ev or {}).get("sets", {})
+    rows = []
+    for name, f in sets.items():
+        m = model.get(name, {}).get("ppl") if at == step else None
+        ratio = f"{m / f['bigram_kn_ppl']:.3f}" if isinstance(m, (int, float)) and f.get("bigram_kn_ppl") else ""
+        rows.append([name, "out of domain" if f.get("out_of_domain") else "held out", _num(m, 2) if m is not None else "",
+                     _num(f.get("bigram_kn_ppl"), 2), _num(f.get("unigram_ppl"), 2), ratio])
+    return lines + _table(["set", "kind", "model ppl", "bigram KN ppl", "unigram ppl", "model / bigram"], rows)
 
 
 def _usage(cfg, tok) -> list[str]:
@@ -304,7 +308,8 @@ def render(facts: dict, cfg, tok) -> str:
     lines += ["## Data", ""] + _data(facts.get("manifest"), tok)
     lines += ["## Training", ""] + _training(facts.get("train_config"), facts.get("summary"), facts.get("step"))
     order = list((facts.get("manifest") or {}).get("val", {}))
-    lines += ["## Results", ""] + _results(facts.get("eval"), facts.get("summary"), order) + _ngram(facts.get("ngram_floors"))
+    lines += ["## Results", ""] + _results(facts.get("eval"), facts.get("summary"), order)
+    lines += _ngram(facts.get("ngram_floors"), facts.get("eval"), facts.get("step"))
     ckpt = Path(facts["checkpoint"])
     where = f"checkpoint `{ckpt.name}` of run `{ckpt.parent.parent.name}`" if ckpt.parent.name == "checkpoints" else f"`{ckpt.name}`"
     lines += ["## Provenance", "",

@@ -182,12 +182,28 @@ def test_the_card_of_an_older_checkpoint_uses_its_own_step(smoke_data, tmp_path)
     events = [{"step": 10, "event": "eval", "final": False, "sets": {"stories": {"ppl": 333.25, "bpb": 3.5, "tokens": 256}}},
               {"step": 20, "event": "eval", "final": True, "sets": {"stories": {"ppl": 207.38, "bpb": 2.6, "tokens": 4038}}}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"cut": ')
-    (run / card.NGRAM_FLOORS).write_text(json.dumps({"stories": {"bigram": 95.5, "trigram": 80.25}, "code": {"bigram": 150.0}}))
+    floors = {"step": 20, "train_tokens": 10240, "method": "test counts", "domain_tokens": {"stories": 10240},
+              "sets": {"stories": {"name": "stories", "tokens": 4038, "unigram_ppl": 180.5, "bigram_kn_ppl": 95.5,
+                                   "unigram_bpb": 3.0, "bigram_kn_bpb": 2.5, "out_of_domain": False}}}
+    (run / card.NGRAM_FLOORS).write_text(json.dumps(floors))
     assert main(["export", "hf", str(run / "checkpoints" / "step_00000010"), str(tmp_path / "hf"), "--no-verify"]) == 0
     text = (tmp_path / "hf" / "README.md").read_text()
     assert "metrics.jsonl, eval at step 10 (256-256 tokens per set)" in text and "333.25" in text and "207.38" not in text
     assert "ρ_gate" not in text  # summary.json describes step 20, not this checkpoint
-    assert "| stories | 95.50 | 80.25 |" in text and "| code | 150.00 |  |" in text
+    assert "fitted to the 10,240 training tokens of the run's first 20 steps (test counts)" in text
+    assert "They describe step 20; this checkpoint is step 10." in text
+    assert "| stories | held out |  | 95.50 | 180.50 |  |" in text  # no model ppl beside floors of another step
+
+
+def test_the_card_compares_the_model_with_its_floors():
+    floors = {"step": 10, "train_tokens": 5120, "method": "m", "sets": {
+        "stories": {"unigram_ppl": 180.5, "bigram_kn_ppl": 95.5, "out_of_domain": False},
+        "code": {"unigram_ppl": 400.0, "bigram_kn_ppl": 300.0, "out_of_domain": True}}}
+    text = "\n".join(card._ngram(floors, {"sets": SUMMARY["final"]}, 10))
+    assert "| stories | held out | 207.38 | 95.50 | 180.50 | 2.172 |" in text
+    assert "| code | out of domain | 277.16 | 300.00 | 400.00 | 0.924 |" in text
+    assert "They describe" not in text
+    assert "not computed" in "\n".join(card._ngram(None, None, 10))
 
 
 def test_licences_come_from_the_source_registry():
