@@ -128,6 +128,10 @@ def register() -> bool:
         return False
     from lm_eval.api import registry
 
+    try:  # the harness's own models ("hf", ...) register lazily when lm_eval.models is imported, and get_model
+        import lm_eval.models  # noqa: F401  imports it only into an EMPTY registry: load them before adding "cart"
+    except ImportError:  # pragma: no cover - an lm-eval without that module
+        pass
     # lm-eval >= 0.4.10 keeps a Registry object (`model_registry`); earlier 0.4.x a dict (`MODEL_REGISTRY`)
     reg = getattr(registry, "model_registry", None) or getattr(registry, "MODEL_REGISTRY", None)
     if reg is not None and "cart" in reg:

@@ -25,6 +25,16 @@ def _yaml(path, **fields):
     path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in fields.items()) + "\n")
 
 
+def test_registering_cart_keeps_the_harness_models():
+    """cart's adapter registers "cart"; `--model hf` must still resolve in the same process (lm-eval 0.4.13
+    loads its own models only into an empty registry)."""
+    import cart.eval.lm_eval_adapter as adapter
+    from lm_eval.api.registry import get_model
+
+    assert adapter.register() is True
+    assert get_model("cart") is adapter.CARTLM and get_model("hf").__name__ == "HFLM"
+
+
 @pytest.mark.slow  # the harness's own start-up and dataset machinery (~25 s on 2 cores)
 def test_lm_eval_hf_agrees_with_cart_eval_tasks(smoke_data, tmp_path, monkeypatch):
     model = tiny()
