@@ -66,7 +66,7 @@ def gather(setup, manifest) -> dict:
     """Everything the card says, read from the run (no numbers are computed here except the
     accounting, which `render` asks `cart.accounting` for)."""
     from cart.eval.loading import read_train_config
-    from cart.train.checkpointing import code_version
+    from cart.provenance import code_version
 
     ckpt = Path(setup.checkpoint)
     step = setup.meta.get("step")
