@@ -331,6 +331,7 @@ def run_ngram(args) -> int:
         bpb = "-" if r["bigram_kn_bpb"] is None else f"{r['bigram_kn_bpb']:.4f}"
         lines.append(f"| {name} | {r['tokens']:,} | {r['unigram_ppl']:.2f} | {r['bigram_kn_ppl']:.2f} | {bpb} | "
                      f"{'yes' if r['out_of_domain'] else ''} |")
+    args.out = out  # a run's floors default to RUN/ngram_floors.json
     _emit(args, rep, "\n".join(lines))
     return 0
 

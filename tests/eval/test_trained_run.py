@@ -41,3 +41,7 @@ def test_training_writes_ngram_floors_that_the_cli_reproduces(trained_run, capsy
     assert main(["eval", "ngram", str(trained_run), "--max-tokens", "64", "--json", "--out", str(trained_run / "again.json")]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["sets"] == floors["sets"] and again["step"] == 4
+    assert json.loads((trained_run / "again.json").read_text())["sets"] == floors["sets"]
+    (trained_run / "ngram_floors.json").unlink()
+    assert main(["eval", "ngram", str(trained_run), "--max-tokens", "64"]) == 0  # a run's default output
+    assert json.loads((trained_run / "ngram_floors.json").read_text())["sets"] == floors["sets"]
