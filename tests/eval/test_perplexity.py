@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cart.eval.perplexity import ValData, evaluate_set, stream_nll, window_spans
+from cart.eval.options import PplOptions, Run
+from cart.eval.perplexity import ValData, evaluate_set, stream_sums, window_spans
 from tests.eval.helpers import tiny_cart
 
 
@@ -42,7 +43,8 @@ def test_stream_nll_matches_brute_force(stride):
     model = tiny_cart()
     g = np.random.default_rng(0)
     tokens = g.integers(0, 258, size=203).astype(np.uint16)
-    nats, count, windows = stream_nll(model, tokens, seq_len=32, stride=stride, batch_size=3)
+    s = stream_sums(model, tokens, PplOptions(seq_len=32, stride=stride, batch_size=3))
+    nats, count = s.nats, s.count
     want, wcount = brute_nll(model, tokens.tolist(), 32, stride)
     assert count == wcount == 202
     assert nats == pytest.approx(want, rel=1e-5)
@@ -51,21 +53,21 @@ def test_stream_nll_matches_brute_force(stride):
 def test_bits_per_byte_and_quick_look():
     model = tiny_cart()
     tokens = np.random.default_rng(1).integers(0, 258, size=129)
-    r = evaluate_set(model, ValData("x", tokens, n_bytes=300), seq_len=32)
+    r = evaluate_set(model, ValData("x", tokens, n_bytes=300), PplOptions(seq_len=32))
     assert r.tokens == 128 and not r.bpb_estimated
     assert r.bpb == pytest.approx(r.nats / (math.log(2) * 300))
     assert r.ppl == pytest.approx(math.exp(r.loss))
-    q = evaluate_set(model, ValData("x", tokens, n_bytes=300), seq_len=32, max_tokens=64)
+    q = evaluate_set(model, ValData("x", tokens, n_bytes=300), PplOptions(seq_len=32, max_tokens=64))
     assert q.tokens == 64 and q.bpb_estimated
     assert q.bpb == pytest.approx(q.nats / (math.log(2) * 300 * 64 / 128))
-    assert evaluate_set(model, ValData("x", tokens), seq_len=32).bpb is None
+    assert evaluate_set(model, ValData("x", tokens), PplOptions(seq_len=32)).bpb is None
 
 
 def test_bf16_close_to_fp32():
     model = tiny_cart()
     tokens = np.random.default_rng(2).integers(0, 258, size=257)
-    a = evaluate_set(model, ValData("x", tokens), seq_len=64, dtype="fp32")
-    b = evaluate_set(model, ValData("x", tokens), seq_len=64, dtype="bf16")
+    a = evaluate_set(model, ValData("x", tokens), PplOptions(seq_len=64), Run(dtype="fp32"))
+    b = evaluate_set(model, ValData("x", tokens), PplOptions(seq_len=64), Run(dtype="bf16"))
     assert b.loss == pytest.approx(a.loss, rel=0.05)
 
 
@@ -82,8 +84,8 @@ def test_exclude_first_token_leaves_out_the_predictions_after_bos():
     docs = [[256] + g.integers(0, 256, size=n).tolist() + [257] for n in (30, 5, 61, 17)]
     tokens = np.asarray(sum(docs, []))
     v = ValData("x", tokens, n_bytes=200, bos_id=256)
-    inc = evaluate_set(model, v, seq_len=32, stride=16)
-    exc = evaluate_set(model, v, seq_len=32, stride=16, exclude_first_token=True)
+    inc = evaluate_set(model, v, PplOptions(seq_len=32, stride=16))
+    exc = evaluate_set(model, v, PplOptions(seq_len=32, stride=16, exclude_first_token=True))
     # brute force: per-target NLL from the windows, then drop the targets whose previous token is BOS
     per = {}
     for b, e, k in window_spans(len(tokens), 32, 16):
@@ -98,4 +100,4 @@ def test_exclude_first_token_leaves_out_the_predictions_after_bos():
     assert exc.nats == pytest.approx(sum(v for t, v in per.items() if t not in firsts), rel=1e-5)
     assert exc.bpb == inc.bpb == pytest.approx(sum(per.values()) / (math.log(2) * 200), rel=1e-5)
     with pytest.raises(ValueError, match="BOS id"):
-        evaluate_set(model, ValData("y", tokens), seq_len=32, exclude_first_token=True)
+        evaluate_set(model, ValData("y", tokens), PplOptions(seq_len=32, exclude_first_token=True))

@@ -8,6 +8,7 @@ import zipfile
 import pytest
 import torch
 
+from cart.eval.options import Run, TaskOptions
 from cart.eval.tasks import (
     TaskFileError, TaskSource, encode_pair, evaluate_task, evaluate_tasks, expand_task_names, load_task, parse_task,
 )
@@ -87,7 +88,7 @@ def test_multiple_choice_scores_match_brute_force(source, batch_tokens):
     task = load_task("toy_mc/rc_0shot", source)
     assert task.kind == "multiple_choice" and len(task.items) == len(MC_ITEMS)
     assert task.items[0].unconditional == [" blue", " green, mostly", " a large red dog"]  # set aside, not scored
-    out = evaluate_task(model, TOK, task, batch_tokens=batch_tokens, return_samples=True)
+    out = evaluate_task(model, TOK, task, TaskOptions(batch_tokens=batch_tokens), return_samples=True)
     for it, s in zip(MC_ITEMS, out["samples"]):
         for ch, ll in zip(it[1], s["loglikelihoods"]):
             assert ll == pytest.approx(brute_loglik(model, it[0], ch)[0], abs=2e-4)
@@ -95,7 +96,7 @@ def test_multiple_choice_scores_match_brute_force(source, batch_tokens):
     for k, v in want.items():
         assert out["metrics"][k] == pytest.approx(v, abs=1e-12), k
     # the plain (unshared, uncached) path agrees with the shared-context path
-    plain = evaluate_task(model, TOK, task, forward=lambda idx: model(idx), return_samples=True)
+    plain = evaluate_task(model, TOK, task, run=Run(forward=lambda idx: model(idx)), return_samples=True)
     for a, b in zip(out["samples"], plain["samples"]):
         assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=2e-4)
 
@@ -132,7 +133,7 @@ def test_greedy_flag_on_a_model_that_repeats_its_input():
         return out
 
     reqs = [([256, 98], [97, 97]), ([256], [97, 98]), ([256, 1, 2], [97])]
-    got = loglikelihoods(tiny_cart(), reqs, forward=oracle)
+    got = loglikelihoods(tiny_cart(), reqs, Run(forward=oracle))
     assert [s.is_greedy for s in got] == [True, False, True]
     lp_a = 5.0 - math.log(math.exp(5.0) + 257)
     assert got[0].logprob == pytest.approx(2 * lp_a, rel=1e-5)
@@ -183,7 +184,7 @@ def test_olmo_request_files_take_no_shots(source):
 
 
 def test_results_json_has_harness_names_and_counts(source):
-    out = evaluate_tasks(tiny_cart(), TOK, "toy_mc,lambada", source, limit=2)
+    out = evaluate_tasks(tiny_cart(), TOK, "toy_mc,lambada", source, TaskOptions(limit=2))
     assert set(out["results"]["toy_mc"]) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
     assert set(out["results"]["toy_mc"]) >= {"acc_bytes", "acc_bytes_stderr"}
     assert set(out["results"]["lambada"]) >= {"acc", "acc_stderr", "perplexity", "perplexity_stderr"}

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from cart.eval.options import AdaptiveOptions, PplOptions
 from cart.eval.perplexity import ValData
 from cart.eval.tasks import TaskSource, load_task
 from cart.eval.vary_r import AdaptiveLoops, adaptive_forward, format_table, vary_r
@@ -22,7 +23,7 @@ VARIANTS = {
 def test_adaptive_with_zero_tolerance_is_the_fixed_r_forward(name):
     model = tiny_cart(**VARIANTS[name])
     idx = torch.randint(0, 258, (2, 17))
-    logits, used = adaptive_forward(model, idx, tol=0.0, max_loops=3)
+    logits, used = adaptive_forward(model, idx, AdaptiveOptions(tol=0.0, max_loops=3))
     with torch.no_grad():
         torch.testing.assert_close(logits, model(idx, n_loops=3), atol=1e-5, rtol=1e-5)
     assert (used == 3).all()
@@ -31,7 +32,7 @@ def test_adaptive_with_zero_tolerance_is_the_fixed_r_forward(name):
 def test_adaptive_halting_after_one_loop_is_r1():
     model = tiny_cart(n_loops=3)
     idx = torch.randint(0, 258, (2, 9))
-    logits, used = adaptive_forward(model, idx, tol=1e9, max_loops=8)
+    logits, used = adaptive_forward(model, idx, AdaptiveOptions(tol=1e9, max_loops=8))
     with torch.no_grad():
         torch.testing.assert_close(logits, model(idx, n_loops=1), atol=1e-5, rtol=1e-5)
     assert (used == 1).all()
@@ -44,8 +45,8 @@ def test_token_halting_is_causal(kw):
     b = a.clone()
     b[0, 10:] = torch.randint(0, 258, (6,))
     tol = 0.3
-    la, ua = adaptive_forward(model, a, tol, max_loops=8)
-    lb, ub = adaptive_forward(model, b, tol, max_loops=8)
+    la, ua = adaptive_forward(model, a, AdaptiveOptions(tol, max_loops=8))
+    lb, ub = adaptive_forward(model, b, AdaptiveOptions(tol, max_loops=8))
     assert 1 < ua.mean() < 8  # some positions halted, some did not: the test exercises halting
     torch.testing.assert_close(la[:, :10], lb[:, :10])
     assert torch.equal(ua[:, :10], ub[:, :10])
@@ -54,13 +55,13 @@ def test_token_halting_is_causal(kw):
 def test_sequence_halting_and_counter():
     model = tiny_cart(n_loops=3)
     idx = torch.randint(0, 258, (3, 12))
-    _, used = adaptive_forward(model, idx, 0.3, max_loops=8, granularity="sequence")
+    _, used = adaptive_forward(model, idx, AdaptiveOptions(0.3, max_loops=8, granularity="sequence"))
     assert all(len(set(row.tolist())) == 1 for row in used)
-    ad = AdaptiveLoops(model, 0.3, 8)
+    ad = AdaptiveLoops(model, AdaptiveOptions(0.3, 8))
     ad(idx)
     assert 1 <= ad.mean_loops <= 8
     with pytest.raises(ValueError, match="needs a CART model"):
-        adaptive_forward(tiny_dense(), idx, 0.1)
+        adaptive_forward(tiny_dense(), idx, AdaptiveOptions(0.1))
 
 
 def test_vary_r_table(tmp_path):
@@ -69,8 +70,8 @@ def test_vary_r_table(tmp_path):
     task = load_task("lambada", TaskSource(tmp_path))
     val = [ValData("a", np.random.default_rng(0).integers(0, 258, 300), n_bytes=400),
            ValData("b", np.random.default_rng(1).integers(0, 258, 200))]
-    out = vary_r(model, [1, 2, 4], val_sets=val, tasks=[task], tokenizer=ByteTokenizer(), seq_len=64,
-                 adaptive_tol=0.2, adaptive_max=6)
+    out = vary_r(model, [1, 2, 4], val_sets=val, tasks=[task], tokenizer=ByteTokenizer(), ppl=PplOptions(seq_len=64),
+                 adaptive=AdaptiveOptions(0.2, max_loops=6))
     rows = out["rows"]
     assert [r["n_loops"] for r in rows] == [1, 2, 4, "adaptive"]
     assert len(rows[2]["contraction"]) == 3 and len(rows[2]["delta_norm"]) == 4 and rows[0]["contraction"] == []
