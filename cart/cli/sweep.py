@@ -233,65 +233,35 @@ def _auto_devices(workers: int) -> list[str] | None:
 def run_status(args) -> int:
     study, store, plan, stages = _open(args, create=False)
     try:
-        now = time.time()
-        out = {"study": str(study), "tier": plan.tier, "stages": {}}
-        for st in stages:
-            exp = store.stage_expanded(st.name)
-            members = store.members(st.name)
-            c = {k: 0 for k in ("pending", "running", "done", "failed")}
-            for m in members:
-                c[m["status"]] += 1
-            out["stages"][st.name] = {"planned": exp is not None, "runs": len(members), **c}
-        running = [r for r in store.runs([s.name for s in stages], status="running")]
-        failed = store.runs([s.name for s in stages], status="failed")
+        from cart.experiments.progress import progress
+
+        p = progress(store, plan, stages)
         if args.json:
-            out["running"] = [{"run": r.name, "worker": r.worker, "attempt": r.attempts,
-                               "heartbeat_age_s": now - (r.heartbeat_at or now)} for r in running]
-            out["failed"] = [{"run": r.name, "failures": r.failures, "error": r.error} for r in failed]
-            print(json.dumps(out, indent=2))
+            eta = p.pop("eta")
+            print(json.dumps({"study": str(study), "tier": plan.tier, **p,
+                              "eta": None if eta is None else {"worker_s": eta.worker_s, "wall_s": eta.wall_s, "workers": eta.workers,
+                                                               "finished_runs": eta.finished}}, indent=2))
             return 0
         print(f"study {study} ({plan.tier} tier)")
-        w = max(len(n) for n in out["stages"])
-        for name, s in out["stages"].items():
+        w = max(len(n) for n in p["stages"])
+        for name, s in p["stages"].items():
             if not s["planned"]:
-                print(f"  {name:<{w}}  not planned yet" + (" (waits for " + ", ".join(plan.stages[name].after) + ")" if plan.stages[name].after else ""))
+                print(f"  {name:<{w}}  not planned yet" + (" (waits for " + ", ".join(s["waits_for"]) + ")" if s["waits_for"] else ""))
                 continue
-            bar = _bar(s["done"], s["runs"])
-            print(f"  {name:<{w}}  {bar} {s['done']:>3}/{s['runs']:<3} done  {s['running']} running  {s['pending']} pending  {s['failed']} failed")
-        eta = _eta(store, [s.name for s in stages])
-        if eta:
-            print("  " + eta)
-        for r in running:
-            age = now - (r.heartbeat_at or now)
-            stale = "  (lease expired: will be taken back)" if r.lease_until and r.lease_until < now else ""
-            print(f"  running {r.name} on {r.worker}, attempt {r.attempts}, heartbeat {age:.0f}s ago{stale}")
-        for r in failed:
-            print(f"  FAILED  {r.name} ({r.failures} failures): {(r.error or '').splitlines()[0] if r.error else ''}")
+            print(f"  {name:<{w}}  {_bar(s['done'], s['runs'])} {s['done']:>3}/{s['runs']:<3} done  {s['running']} running  "
+                  f"{s['pending']} pending  {s['failed']} failed")
+        eta = p["eta"]
+        if eta is not None:
+            print(f"  remaining planned training: ~{eta.worker_s / 60:.0f} worker-min (~{eta.wall_s / 60:.0f} min with "
+                  f"{eta.workers} worker(s)) at the median pace of {eta.finished} finished runs; stages not planned yet are not counted")
+        for r in p["running"]:
+            stale = "  (lease expired: will be taken back)" if r["lease_expired"] else ""
+            print(f"  running {r['run']} on {r['worker']}, attempt {r['attempt']}, heartbeat {r['heartbeat_age_s']:.0f}s ago{stale}")
+        for r in p["failed"]:
+            print(f"  FAILED  {r['run']} ({r['failures']} failures): {(r['error'] or '').splitlines()[0] if r['error'] else ''}")
         return 0
     finally:
         store.close()
-
-
-def _eta(store, names: list[str]) -> str | None:
-    """Remaining work at the pace of the finished runs (seconds per training FLOP, so big runs count more)."""
-    from cart.experiments.plans import run_cost
-
-    rates = []
-    for r in store.runs(names, status="done"):
-        if r.kind != "train":
-            continue
-        att = [a for a in store.attempts(r.id) if a["outcome"] == "done" and a["ended_at"]]
-        cost = run_cost(r.spec)
-        if att and cost:
-            rates.append((att[-1]["ended_at"] - att[-1]["started_at"]) / cost)
-    todo = [r for r in store.runs(names) if r.status in ("pending", "running") and r.kind == "train"]
-    if not rates or not todo:
-        return None
-    rate = sorted(rates)[len(rates) // 2]  # median: robust to a run that waited on a busy machine
-    left = sum(run_cost(r.spec) for r in todo) * rate
-    workers = max(1, len({r.worker for r in store.runs(names, status="running")}))
-    return (f"remaining planned training: ~{left / 60:.0f} worker-min (~{left / 60 / workers:.0f} min with {workers} worker(s)) "
-            f"at the median pace of {len(rates)} finished runs; stages not planned yet are not counted")
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
