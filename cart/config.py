@@ -6,6 +6,9 @@
   asks for (the same MLA block at every layer, shared or not).
 - `config_from_dict` / `config_to_dict`: the on-disk form (JSON/TOML), with unknown fields refused.
 
+Every field is validated on construction from its type and its `option(...)` constraints
+(`cart.validation`); a rule relating two fields is an explicit check in `__post_init__`.
+
 Derived sizes (heads, latent width, SwiGLU width) are properties, never stored, so a config can
 never disagree with itself.
 """
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Literal, Union
+
+from cart.validation import Check, ConfigError, config_fields, from_dict, interval, multiple_of, non_negative, option, positive, validate
 
 HEAD_DIM = 64  # fixed by the paper: heads = d / 64
 
@@ -24,19 +29,15 @@ def swiglu_hidden(d: int) -> int:
     return 256 * math.ceil((8 * d // 3) / 256)
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 @dataclass(frozen=True)
 class _Common:
-    vocab_size: int = 32_000  # Llama-2 SentencePiece in the paper
-    d_model: int = 256
-    max_seq_len: int = 1024  # longest sequence the RoPE tables and position checks allow
-    rope_base: float = 10_000.0
-    norm_eps: float = 1e-6
-    init_std: float = 0.02  # N(0, 0.02) for every Linear and the embedding (a N(0,1) tied head hits denormals on CPU)
+    vocab_size: int = option(32_000, "vocabulary size", positive)
+    d_model: int = option(256, "width d (heads = d/64, MLA latent d/4)", positive, multiple_of(HEAD_DIM, "the head dim "))
+    max_seq_len: int = option(1024, "longest sequence the model accepts", positive)
+    rope_base: float = option(10_000.0, "RoPE base", positive)
+    norm_eps: float = option(1e-6, "RMSNorm epsilon", interval("(0, 1)"))
+    # a N(0,1) tied head hits denormals on CPU
+    init_std: float = option(0.02, "std of the normal init", positive)
 
     @property
     def n_heads(self) -> int:
@@ -50,17 +51,6 @@ class _Common:
     def d_ff(self) -> int:
         return swiglu_hidden(self.d_model)
 
-    def _validate_common(self) -> None:
-        name = type(self).__name__
-        for f in ("vocab_size", "d_model", "max_seq_len"):
-            v = getattr(self, f)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{name}.{f} must be a positive integer, got {v!r}")
-        _check(self.d_model % HEAD_DIM == 0, f"{name}.d_model must be a multiple of the head dim {HEAD_DIM}, got {self.d_model}")
-        _check(self.d_model % 4 == 0, f"{name}.d_model must be divisible by 4 (MLA latent d/4), got {self.d_model}")
-        _check(self.rope_base > 0, f"{name}.rope_base must be > 0, got {self.rope_base}")
-        _check(0 < self.norm_eps < 1, f"{name}.norm_eps must be in (0, 1), got {self.norm_eps}")
-        _check(self.init_std > 0, f"{name}.init_std must be > 0, got {self.init_std}")
-
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
@@ -72,44 +62,35 @@ class CARTConfig(_Common):
     Ablation fields mirror the paper's §6 diagnostics; defaults are the full model.
     """
 
-    n_prelude: int = 6  # P unique prelude layers (MLA self-attention + SwiGLU)
-    n_loops: int = 6  # R: how many times the core runs in training (any R works at inference)
+    n_prelude: int = option(6, "P: unique prelude layers", non_negative)
+    n_loops: int = option(6, "R: core loops in training", positive)
     # "stable": contractive gate h = A*h~ + delta and a convex hyper blend starting at the pure residual.
     # "paper": the published code bit for bit (h = A*h~ + u, softmax over [1, 0, 0]); SPEC §6.2, §6.5.
-    fidelity: Literal["stable", "paper"] = "stable"
+    fidelity: Literal["stable", "paper"] = option("stable", "paper: the published code bit for bit")
     # --- ablations (SPEC §3) ---
-    freeze_kv: bool = True  # False: recompute K/V from the loop state every loop ("unfrozen K/V")
-    share_core: bool = True  # False: R distinct core blocks ("unshared core")
-    core_attention: Literal["cross", "self"] = "cross"  # "self": MLA self-attention core ("unshared self-attn core" with share_core=False)
-    hyper_connections: bool = True  # False: h~ = latest state
+    freeze_kv: bool = option(True, "false: recompute K/V every loop")
+    share_core: bool = option(True, "false: R distinct core blocks")
+    core_attention: Literal["cross", "self"] = option("cross", "self: a self-attention core")
+    hyper_connections: bool = option(True, "false: no hyper-connection blend")
     # False: the gate with A fixed at 1 and no learned vector, as the published `disable_lti`:
     # fidelity "paper" -> h = h~ + u = 2h~ + delta; "stable" -> h = h~ + delta = u (plain residual).
-    lti_gate: bool = True
-    loop_embedding: bool = True  # False: no loop-index embedding
-    # Width of the fixed sinusoidal loop-index code. The paper's table has 16 rows; here pe(r) is
-    # computed for any r, so R is never capped (rows < 16 equal the paper's table exactly).
-    loop_embed_dim: int = 32
-    gate_init: float = 0.9  # A = sigmoid(a) starts here (a = ln 9)
+    lti_gate: bool = option(True, "false: gate A fixed at 1 (disable_lti)")
+    loop_embedding: bool = option(True, "false: no loop-index embedding")
+    # The paper's table has 16 rows; here pe(r) is computed for any r, so R is never capped (rows < 16
+    # equal the paper's table exactly).
+    loop_embed_dim: int = option(32, "sinusoidal loop-index code width",
+                                 Check(lambda v: v > 0 and v % 2 == 0, "a positive even integer"))
+    gate_init: float = option(0.9, "initial gate A = sigmoid(a)", interval("(0, 1)"))
     # stable fidelity: softmax logits start at [0, -gap, -gap] so the blend is the pure residual to
     # fp32 precision (1 - 2e^-gap ~ 1 - 2e-7) yet still trainable by Adam.
-    hyper_init_gap: float = 16.0
+    hyper_init_gap: float = option(16.0, "stable: blend logits start at -gap", positive)
 
     def __post_init__(self) -> None:
-        self._validate_common()
-        _check(isinstance(self.n_prelude, int) and self.n_prelude >= 0, f"CARTConfig.n_prelude must be an integer >= 0, got {self.n_prelude!r}")
-        _check(isinstance(self.n_loops, int) and self.n_loops >= 1, f"CARTConfig.n_loops must be an integer >= 1, got {self.n_loops!r}")
-        _check(self.fidelity in ("stable", "paper"), f"CARTConfig.fidelity must be 'stable' or 'paper', got {self.fidelity!r}")
-        _check(self.core_attention in ("cross", "self"), f"CARTConfig.core_attention must be 'cross' or 'self', got {self.core_attention!r}")
-        for f in ("freeze_kv", "share_core", "hyper_connections", "lti_gate", "loop_embedding"):
-            _check(isinstance(getattr(self, f), bool), f"CARTConfig.{f} must be a bool, got {getattr(self, f)!r}")
-        _check(
-            self.core_attention == "cross" or self.freeze_kv,
-            "CARTConfig: core_attention='self' and freeze_kv=False are incompatible: a self-attention core has no "
-            "anchor K/V to unfreeze (it recomputes its own K/V every loop by construction); keep freeze_kv=True",
-        )
-        _check(self.loop_embed_dim > 0 and self.loop_embed_dim % 2 == 0, f"CARTConfig.loop_embed_dim must be a positive even integer, got {self.loop_embed_dim}")
-        _check(0 < self.gate_init < 1, f"CARTConfig.gate_init must be in (0, 1), got {self.gate_init}")
-        _check(self.hyper_init_gap > 0, f"CARTConfig.hyper_init_gap must be > 0, got {self.hyper_init_gap}")
+        validate(self)
+        if self.core_attention == "self" and not self.freeze_kv:
+            raise ConfigError(
+                "CARTConfig: core_attention='self' and freeze_kv=False are incompatible: a self-attention core has no "
+                "anchor K/V to unfreeze (it recomputes its own K/V every loop by construction); keep freeze_kv=True")
 
     @property
     def kind(self) -> str:
@@ -134,15 +115,12 @@ class DenseConfig(_Common):
     prelude/anchor/core/coda split; share_layers=True loops one such block n_layers times.
     """
 
-    n_layers: int = 7
-    attention: Literal["mha", "mla"] = "mha"
-    share_layers: bool = False
+    n_layers: int = option(7, "layers", positive)
+    attention: Literal["mha", "mla"] = option("mha", "mla: the homogeneous control")
+    share_layers: bool = option(False, "true: one layer looped n_layers times")
 
     def __post_init__(self) -> None:
-        self._validate_common()
-        _check(isinstance(self.n_layers, int) and self.n_layers >= 1, f"DenseConfig.n_layers must be an integer >= 1, got {self.n_layers!r}")
-        _check(self.attention in ("mha", "mla"), f"DenseConfig.attention must be 'mha' or 'mla', got {self.attention!r}")
-        _check(isinstance(self.share_layers, bool), f"DenseConfig.share_layers must be a bool, got {self.share_layers!r}")
+        validate(self)
 
     @property
     def kind(self) -> str:
@@ -153,40 +131,23 @@ ModelConfig = Union[CARTConfig, DenseConfig]
 _KINDS = {"cart": CARTConfig, "dense": DenseConfig}
 
 
-def config_fields(cls) -> list[dataclasses.Field]:
-    return [f for f in fields(cls) if f.init]
-
-
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
     d = {"kind": cfg.kind}
     d.update({f.name: getattr(cfg, f.name) for f in config_fields(type(cfg))})
     return d
 
 
-def config_from_dict(d: dict[str, Any], source: str = "config") -> ModelConfig:
-    """Build a config from its dict form; unknown or mistyped fields raise naming `source` and the field."""
+def config_from_dict(d: dict[str, Any], source: str | None = None, where: str | None = None) -> ModelConfig:
+    """Build a config from its dict form (`kind` chooses the family, default cart); unknown or mistyped
+    fields raise naming `source` and the field (its path from `where`, default the class name)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'model config'} must be a table of model fields, got {d!r}", source)
     d = dict(d)
     kind = d.pop("kind", "cart")
     if kind not in _KINDS:
-        raise ValueError(f"{source}: unknown model kind {kind!r} (expected one of {sorted(_KINDS)})")
-    cls = _KINDS[kind]
-    known = {f.name: f for f in config_fields(cls)}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-    for k, v in d.items():
-        default = known[k].default
-        if isinstance(default, bool):
-            if not isinstance(v, bool):
-                raise ValueError(f"{source}: field {k!r} must be true/false, got {v!r}")
-        elif isinstance(default, int):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{source}: field {k!r} must be an integer, got {v!r}")
-        elif isinstance(default, float):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{source}: field {k!r} must be a number, got {v!r}")
-            d[k] = float(v)
-    return cls(**d)
+        raise ConfigError(f"{where + ': ' if where else ''}unknown model kind {kind!r} (expected one of {sorted(_KINDS)})",
+                          source)
+    return from_dict(_KINDS[kind], d, source, where)
 
 
 def homogeneous_control(cfg: CARTConfig, share_layers: bool) -> DenseConfig:

@@ -131,7 +131,7 @@ CASES = [
     ("train-lr-neg", ["train", "--preset", "smoke", "--lr", "-1"], "TrainConfig.lr"),
     ("train-seq-len-0", ["train", "--preset", "smoke", "--seq-len", "0"], "TrainConfig.seq_len"),
     ("train-betas", ["train", "--preset", "smoke", "--betas", "0.9"], "expected two numbers"),
-    ("train-loop-min", ["train", "--preset", "smoke", "--loop-min", "0"], "--loop-min: expected a positive integer"),
+    ("train-loop-min", ["train", "--preset", "smoke", "--loop-min", "0"], "loop_sampling.min_loops must be a positive integer, got 0"),
     ("train-nonfinite", ["train", "--preset", "smoke", "--nonfinite", "ignore"], "invalid choice: 'ignore'"),
     ("train-cuda", ["train", "--preset", "smoke", "--device", "cuda", "--data", DATA, "--out-dir", f"{R}/t1"],
      "CUDA is not available"),

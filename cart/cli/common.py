@@ -1,11 +1,13 @@
-"""Argument helpers shared by sub-commands: every model-config field as a `--field-name` flag."""
+"""Argument helpers shared by sub-commands: numeric argument types, and every config field as a flag
+(`add_config_flags`: generated from the dataclass, so a new config field is a new flag)."""
 from __future__ import annotations
 
 import argparse
 import typing
 from dataclasses import MISSING
 
-from cart.config import CARTConfig, DenseConfig, config_fields, config_from_dict, config_to_dict
+from cart.config import CARTConfig, DenseConfig, config_from_dict, config_to_dict
+from cart.validation import base_type, config_fields, field_hints
 
 
 # ---------------------------------------------------------------------------- numeric argument types
@@ -83,33 +85,74 @@ def _bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
+_WORDS = {2: "two", 3: "three"}
+
+
+def _numbers(n: int, example: str):
+    """`X1,X2,...`: exactly n comma-separated numbers."""
+    def parse(v: str) -> list[float]:
+        try:
+            x = [float(p) for p in v.split(",")]
+        except ValueError:
+            x = []
+        if len(x) != n:
+            raise argparse.ArgumentTypeError(f"expected {_WORDS.get(n, n)} numbers like {example}, got {v!r}")
+        return x
+    return parse
+
+
+_SCALARS = {bool: (_bool, "BOOL"), int: (int, "N"), float: (float, "X"), str: (str, "S")}
+
+
+def add_config_flags(group, cls, dest: str, skip: set[str] = frozenset(), note: str = "") -> None:
+    """One flag per field of the config dataclass `cls`: `--field-name` (or the field's own `flag`),
+    unset by default, its value parsed by the field's type (choices for a Literal), its help the field's
+    description and default. The value lands in `dest + field name`; `flag_values` collects them.
+    Constraints are the config's to check (one message whichever way a value arrives). Nested tables
+    (dataclasses, dicts, lists) get no flag of their own."""
+    hints = field_hints(cls)
+    for f in config_fields(cls):
+        t = base_type(hints[f.name])
+        kw: dict = {"default": None, "dest": dest + f.name}
+        if f.name in skip:
+            continue
+        if typing.get_origin(t) is typing.Literal:
+            kw["choices"] = list(typing.get_args(t))
+        elif t in _SCALARS:
+            kw["type"], kw["metavar"] = _SCALARS[t]
+        elif typing.get_origin(t) is tuple and f.default is not MISSING:
+            kw["type"] = _numbers(len(typing.get_args(t)), ",".join(map(str, f.default)))
+        else:
+            continue
+        if f.metadata.get("metavar"):
+            kw["metavar"] = f.metadata["metavar"]
+        notes = [note] * bool(note) + [f"default {_shown(f.default)}"] * (f.default not in (MISSING, None))
+        kw["help"] = (f.metadata.get("help", "") + (f" ({', '.join(notes)})" if notes else "")).replace("%", "%%")
+        group.add_argument(f.metadata.get("flag") or "--" + f.name.replace("_", "-"), **kw)
+
+
+def _shown(v) -> str:
+    """A default as its flag would take it: true/false, 0.9,0.95, data/smoke."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def flag_values(args: argparse.Namespace, dest: str) -> dict:
+    """The fields given as flags added by `add_config_flags(..., dest)`: field name -> value."""
+    return {k[len(dest):]: v for k, v in vars(args).items() if k.startswith(dest) and v is not None}
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Add --kind {cart,dense} and one flag per config field (union of both configs), default unset."""
     g = parser.add_argument_group("model config (any field; unset fields keep their defaults)")
     g.add_argument("--kind", choices=["cart", "dense"], default=None, help="model family (default: cart)")
-    seen = set()
-    for cls in (CARTConfig, DenseConfig):
-        hints = typing.get_type_hints(cls)
-        for f in config_fields(cls):
-            if f.name in seen:
-                continue
-            seen.add(f.name)
-            t = hints[f.name]
-            kw: dict = {"default": None, "dest": f"cfg_{f.name}"}
-            if typing.get_origin(t) is typing.Literal:
-                kw["choices"] = list(typing.get_args(t))
-            elif t is bool:
-                kw["type"], kw["metavar"] = _bool, "BOOL"
-            elif t in (int, float):
-                kw["type"] = t
-            default = f.default if f.default is not MISSING else None
-            owner = "cart" if cls is CARTConfig else "dense"
-            kw["help"] = f"default {default!r}" + ("" if f.name in {x.name for x in config_fields(CARTConfig)} and owner == "cart" else f" ({owner} only)")
-            g.add_argument("--" + f.name.replace("_", "-"), **kw)
+    add_config_flags(g, CARTConfig, "cfg_")
+    add_config_flags(g, DenseConfig, "cfg_", skip={f.name for f in config_fields(CARTConfig)}, note="dense only")
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
-    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return flag_values(args, "cfg_")
 
 
 def config_from_args(args: argparse.Namespace, base: dict | None = None):
@@ -128,5 +171,5 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
     return config_from_dict(d, source="command line")
 
 
-__all__ = ["add_model_args", "config_from_args", "model_overrides", "config_to_dict", "positive_int", "nonneg_int",
+__all__ = ["add_model_args", "add_config_flags", "flag_values", "config_from_args", "model_overrides", "config_to_dict", "positive_int", "nonneg_int",
            "positive_float", "nonneg_float", "probability", "positive_ints", "check_output_file", "check_output_dir"]

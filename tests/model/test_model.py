@@ -219,7 +219,7 @@ def test_config_dict_round_trip_and_unknown_fields():
         assert config_from_dict(config_to_dict(cfg)) == cfg
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['n_loop'\]"):
         config_from_dict({"kind": "cart", "n_loop": 3}, source="x.toml")
-    with pytest.raises(ValueError, match="'n_loops' must be an integer"):
+    with pytest.raises(ValueError, match="CARTConfig.n_loops must be an integer, got '3'"):
         config_from_dict({"kind": "cart", "n_loops": "3"})
     with pytest.raises(ValueError, match="unknown model kind"):
         config_from_dict({"kind": "rnn"})

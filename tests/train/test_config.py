@@ -52,7 +52,7 @@ def test_unknown_preset_and_field_are_named():
         TrainConfig.from_preset("smoke", stepz=3)
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['n_loopz'\]"):
         TrainConfig.from_preset("smoke", model={"n_loopz": 3})
-    with pytest.raises(ValueError, match="'steps' must be an integer"):
+    with pytest.raises(ValueError, match="TrainConfig.steps must be an integer, got '10'"):
         TrainConfig.from_dict({"steps": "10"})
 
 

@@ -22,7 +22,7 @@ def test_config_field():
     assert TrainConfig(doc_masking=True).doc_masking is True
     with pytest.raises(ValueError, match="TrainConfig.doc_masking must be true/false"):
         TrainConfig(doc_masking="yes")
-    with pytest.raises(ValueError, match="field 'doc_masking' must be true/false"):
+    with pytest.raises(ValueError, match="TrainConfig.doc_masking must be true/false, got 1"):
         TrainConfig.from_dict({"doc_masking": 1})
 
 
