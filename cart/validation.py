@@ -134,6 +134,12 @@ def base_type(hint):
 _NOUNS = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
 
 
+def _plural(hint) -> str:
+    if dataclasses.is_dataclass(hint) or hint is dict or typing.get_origin(hint) is dict:
+        return "tables"
+    return _NOUNS.get(hint, "values")
+
+
 def describe(hint) -> str:
     """What a hint accepts, completing "must be ..." ("an integer", "one of ['a', 'b']", "a list of integers")."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -144,7 +150,7 @@ def describe(hint) -> str:
     if hint is type(None):
         return "unset"
     if hint is dict or origin is dict:
-        return f"a table of {_NOUNS.get(args[1], 'values')}" if args and args[1] is not Any else "a table"
+        return f"a table of {_plural(args[1])}" if args and args[1] is not Any else "a table"
     if origin is Literal:
         return f"one of {list(args)}"
     if _is_union(hint) and all(dataclasses.is_dataclass(a) for a in args):
@@ -153,12 +159,12 @@ def describe(hint) -> str:
         parts = [describe(a) for a in args if a is not type(None)]
         return " or ".join(parts) + (" or unset" if type(None) in args else "")
     if origin is list:
-        return f"a list of {_NOUNS.get(args[0], 'values')}" if args else "a list"
+        return f"a list of {_plural(args[0])}" if args else "a list"
     if origin is tuple:
         n = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
-        return f"a list of {n}{_NOUNS.get(args[0], 'values')}"
+        return f"a list of {n}{_plural(args[0])}"
     if dataclasses.is_dataclass(hint):
-        return f"a {hint.__name__} (or a table of its fields)"
+        return "a table"
     return f"a {getattr(hint, '__name__', hint)}"
 
 

@@ -42,17 +42,61 @@ import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cart.data.sources import Source, source_from_spec
 from cart.paths import check_name
+from cart.validation import Check, ConfigError, each, from_dict, non_negative, option, positive
 
 __all__ = ["Domain", "Recipe", "load_recipe", "list_recipes", "PRESET_DIR"]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "data"
-_TOKENIZER_KINDS = {"bpe": {"vocab_size", "sample_bytes", "min_frequency"}, "llama2": set(), "gpt2": set(), "file": {"path"}}
 
 
-ORDERS = ("hash", "source")
+# ---------------------------------------------------------------------- the file's tables, as typed schemas
+@dataclass(kw_only=True)
+class _Tokenizer:
+    kind: Literal["bpe", "llama2", "gpt2", "file"] = option(help="bpe (trained on the training split) | llama2 | gpt2 | file")
+    vocab_size: int | None = option(None, "bpe: the vocabulary to train", positive)
+    sample_bytes: int | None = option(None, "bpe: at most this much text per training domain", positive)
+    min_frequency: int | None = option(None, "bpe: the fewest occurrences of a merged pair", non_negative)
+    path: str | None = option(None, "file: a tokenizer file, relative to the recipe's folder")
+
+
+_TOKENIZER_KEYS = {"bpe": {"vocab_size", "sample_bytes", "min_frequency"}, "file": {"path"}}  # kind -> keys it takes
+
+
+@dataclass(kw_only=True)
+class _Interleave:
+    cycle: dict[str, int] | None = option(None, "chunks per training domain in one cycle", each(positive))
+
+
+@dataclass(kw_only=True)
+class _OodDomain:
+    name: str | None = option(None, "names the validation set (default: the registry source's name)")
+    source: str | dict = option(help="a registry name, or a table with files / hf / synthetic")
+    order: Literal["hash", "source"] = option("hash", "which documents are held out (see the module docstring)")
+    val_tokens: int | None = option(None, "size of the held-out set (default: the recipe's val_tokens)", non_negative)
+    max_bytes: int | None = option(None, "cap on the text read from the source", positive)
+
+
+@dataclass(kw_only=True)
+class _TrainDomain(_OodDomain):
+    train_tokens: int | None = option(None, "cap on the training tokens", positive)
+    validation: dict | None = option(None, "the held-out set's own selection",
+                                     Check(bool, "a table (a source, or fields of this domain's source to replace)"))
+
+
+@dataclass(kw_only=True)
+class _RecipeFile:
+    name: str | None = option(None, "the prepared folder's name (default: the file's stem)")
+    description: str = ""
+    seed: int = option(0, "fixes the train/validation split and the document order")
+    val_tokens: int = option(0, "default size of each validation set, in tokens", non_negative)
+    tokenizer: _Tokenizer = option(help="how text becomes tokens")
+    interleave: _Interleave = option(help="how training interleaves its domains", factory=_Interleave)
+    train: list[_TrainDomain] = option(help="training domains ([[train]])", factory=list)
+    ood: list[_OodDomain] = option(help="out-of-domain validation sets ([[ood]])", factory=list)
 
 
 @dataclass
@@ -107,113 +151,68 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def _parse(raw: dict, path: Path, sha: str) -> Recipe:
-    def err(field: str, msg: str) -> ValueError:
-        return ValueError(f"{path}: {field}: {msg}")
+    """The recipe in `raw` (the parsed TOML of `path`): every table checked against its schema above,
+    then the rules that relate fields to each other."""
+    def err(field: str, msg: str) -> ConfigError:
+        return ConfigError(f"{field}: {msg}", source=str(path))
 
-    def pos_int(v, field: str, allow_zero: bool = False) -> int:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
-            raise err(field, f"expected a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
-        return v
-
-    unknown = set(raw) - {"name", "description", "seed", "val_tokens", "tokenizer", "interleave", "train", "ood"}
-    if unknown:
-        raise err(", ".join(sorted(unknown)), "unknown key(s)")
-    name = raw.get("name", path.stem)
+    if isinstance(raw.get("interleave"), dict) and "chunk_len" in raw["interleave"]:
+        # the loader's chunk is one training row: its length is training's seq_len
+        raise err("interleave.chunk_len", "not a recipe setting: a single-domain chunk is one training row of "
+                  "seq_len + 1 tokens, so its length is the training config's seq_len; remove the key")
+    rec = from_dict(_RecipeFile, raw, source=str(path), where="")
+    name = rec.name if rec.name is not None else path.stem
     try:  # it names the prepared folder under the data root
         check_name(name, "name")
     except ValueError as e:
         raise err("name", str(e)) from None
-    seed = raw.get("seed", 0)
-    if not isinstance(seed, int):
-        raise err("seed", f"expected an integer, got {seed!r}")
-    default_val = pos_int(raw.get("val_tokens", 0), "val_tokens", allow_zero=True)
 
-    tok = dict(raw.get("tokenizer", {}))
-    kind = tok.get("kind")
-    if kind not in _TOKENIZER_KINDS:
-        raise err("tokenizer.kind", f"expected one of {sorted(_TOKENIZER_KINDS)}, got {kind!r}")
-    extra = set(tok) - {"kind"} - _TOKENIZER_KINDS[kind]
+    tok = dict(raw["tokenizer"])
+    extra = set(tok) - {"kind"} - _TOKENIZER_KEYS.get(rec.tokenizer.kind, set())
     if extra:
-        raise err("tokenizer", f"key(s) {sorted(extra)} do not apply to kind {kind!r}")
-    if kind == "bpe":
-        pos_int(tok.get("vocab_size"), "tokenizer.vocab_size")
-        if "sample_bytes" in tok:
-            pos_int(tok["sample_bytes"], "tokenizer.sample_bytes")
-    if kind == "file":
-        if not isinstance(tok.get("path"), str):
+        raise err("tokenizer", f"key(s) {sorted(extra)} do not apply to kind {rec.tokenizer.kind!r}")
+    if rec.tokenizer.kind == "bpe" and rec.tokenizer.vocab_size is None:
+        raise err("tokenizer.vocab_size", "required for kind 'bpe'")
+    if rec.tokenizer.kind == "file":
+        if rec.tokenizer.path is None:
             raise err("tokenizer.path", "a tokenizer file path is required for kind 'file'")
-        tok["path"] = str((path.parent / tok["path"]).resolve())
+        tok["path"] = str((path.parent / rec.tokenizer.path).resolve())
 
-    def domains(key: str, ood: bool) -> list[Domain]:
-        out = []
-        items = raw.get(key, [])
-        if not isinstance(items, list):
-            raise err(key, "expected an array of tables ([[" + key + "]])")
-        for i, d in enumerate(items):
-            where = f"{key}[{i}]"
-            if not isinstance(d, dict):
-                raise err(where, f"expected a table, got {d!r}")
-            bad = set(d) - {"name", "source", "val_tokens", "train_tokens", "max_bytes", "order", "validation"}
-            if ood:
-                bad |= {"train_tokens", "validation"} & set(d)
-            if bad:
-                raise err(f"{where}", f"unknown key(s) {sorted(bad)}")
-            dname = d.get("name", d.get("source") if isinstance(d.get("source"), str) else None)
-            try:  # it names token files (train/<name>.bin, val/<name>.bin) and cache folders
-                check_name(dname, "name")
-            except ValueError as e:
-                raise err(f"{where}.name", str(e)) from None
-            if "source" not in d:
-                raise err(f"{where}.source", "missing")
+    def domain(d: _OodDomain, where: str, ood: bool) -> Domain:
+        dname = d.name if d.name is not None else d.source if isinstance(d.source, str) else None
+        try:  # it names token files (train/<name>.bin, val/<name>.bin) and cache folders
+            check_name(dname, "name")
+        except ValueError as e:
+            raise err(f"{where}.name", str(e)) from None
+        try:
+            src = source_from_spec(dname, d.source, path.parent)
+        except ValueError as e:
+            raise err(f"{where}.source", str(e)) from None
+        val_tokens = rec.val_tokens if d.val_tokens is None else d.val_tokens
+        if ood and not val_tokens:
+            raise ConfigError(f"{where}.val_tokens must be a positive integer for an out-of-domain set, got 0", str(path))
+        validation = None
+        if not ood and d.validation is not None:
+            if not val_tokens:
+                raise err(f"{where}.validation", "a validation selection needs val_tokens > 0")
             try:
-                src = source_from_spec(dname, d["source"], path.parent)
-            except ValueError as e:
-                raise err(f"{where}.source", str(e)) from None
-            max_bytes = pos_int(d["max_bytes"], f"{where}.max_bytes") if "max_bytes" in d else None
-            order = d.get("order", "hash")
-            if order not in ORDERS:
-                raise err(f"{where}.order", f"expected one of {list(ORDERS)}, got {order!r}")
-            val_tokens = pos_int(d.get("val_tokens", default_val), f"{where}.val_tokens", allow_zero=not ood)
-            validation = None
-            if "validation" in d:
-                spec = d["validation"]
-                if not isinstance(spec, dict) or not spec:
-                    raise err(f"{where}.validation", f"expected a table (a source, or fields of this domain's source "
-                                                     f"to replace), got {spec!r}")
-                if not val_tokens:
-                    raise err(f"{where}.validation", "a validation selection needs val_tokens > 0")
-                try:
-                    if any(k in spec for k in ("files", "hf", "synthetic")):
-                        validation = source_from_spec(f"{dname}-validation", spec, path.parent)
-                    else:
-                        validation = src.with_overrides(spec)
-                except (ValueError, TypeError) as e:
-                    raise err(f"{where}.validation", str(e)) from None
-            out.append(Domain(dname, src, ood, val_tokens,
-                              pos_int(d["train_tokens"], f"{where}.train_tokens") if "train_tokens" in d else None, max_bytes,
-                              order, validation))
-        return out
+                if any(k in d.validation for k in ("files", "hf", "synthetic")):
+                    validation = source_from_spec(f"{dname}-validation", d.validation, path.parent)
+                else:
+                    validation = src.with_overrides(d.validation)
+            except (ValueError, TypeError) as e:
+                raise err(f"{where}.validation", str(e)) from None
+        return Domain(dname, src, ood, val_tokens, None if ood else d.train_tokens, d.max_bytes, d.order, validation)
 
-    train, ood = domains("train", False), domains("ood", True)
+    train = [domain(d, f"train[{i}]", False) for i, d in enumerate(rec.train)]
+    ood = [domain(d, f"ood[{i}]", True) for i, d in enumerate(rec.ood)]
     if not train:
         raise err("train", "a recipe needs at least one [[train]] domain")
     names = [d.name for d in train + ood]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise err("train/ood names", f"duplicated: {dup} (each names a validation set)")
-
-    inter = raw.get("interleave", {})
-    if "chunk_len" in inter:  # the loader's chunk is one training row: its length is training's seq_len
-        raise err("interleave.chunk_len", "not a recipe setting: a single-domain chunk is one training row of "
-                  "seq_len + 1 tokens, so its length is the training config's seq_len; remove the key")
-    bad = set(inter) - {"cycle"}
-    if bad:
-        raise err("interleave", f"unknown key(s) {sorted(bad)}")
-    cycle = inter.get("cycle", {d.name: 1 for d in train})
-    if not isinstance(cycle, dict):
-        raise err("interleave.cycle", f"expected a table of domain = chunks, got {cycle!r}")
+    cycle = rec.interleave.cycle if rec.interleave.cycle is not None else {d.name: 1 for d in train}
     if set(cycle) != {d.name for d in train}:
         raise err("interleave.cycle", f"must name exactly the training domains {[d.name for d in train]}, got {list(cycle)}")
-    for k, v in cycle.items():
-        pos_int(v, f"interleave.cycle.{k}")
-    return Recipe(name, raw.get("description", ""), path, sha, seed, tok, dict(cycle), train, ood, raw)
+    return Recipe(name, rec.description, path, sha, rec.seed, tok, dict(cycle), train, ood, raw)

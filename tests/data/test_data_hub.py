@@ -93,7 +93,7 @@ def test_recipe_errors_for_new_keys(tmp_path):
             load_recipe(tmp_path / "r.toml")
         assert field in str(e.value), str(e.value)
     (tmp_path / "r.toml").write_text(base + '[[ood]]\nname = "y"\nsource = { hf = "a/c" }\nvalidation = { shards = "1" }\n')
-    with pytest.raises(ValueError, match="ood\\[0\\].*unknown key"):
+    with pytest.raises(ValueError, match="ood\\[0\\].*unknown field"):
         load_recipe(tmp_path / "r.toml")
 
 
