@@ -23,6 +23,7 @@ explicit checks after `validate(self)` in the config's own `__post_init__`, rais
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import re
@@ -31,7 +32,7 @@ import typing
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Literal, Union
 
-__all__ = ["ConfigError", "Check", "option", "validate", "from_dict", "check_fields", "config_fields", "field_hints",
+__all__ = ["ConfigError", "Check", "option", "REQUIRED", "validate", "from_dict", "check_fields", "config_fields", "field_hints",
            "base_type", "describe", "positive", "non_negative", "interval", "at_least", "multiple_of", "each", "nonempty"]
 
 
@@ -91,16 +92,22 @@ def each(check: Check) -> Check:
     return dataclasses.replace(check, items=True)
 
 
+REQUIRED: Any = MISSING  # option(REQUIRED, ...): a key the table must have
+
+
 def option(default: Any = MISSING, help: str = "", *checks: Check, factory: Callable[[], Any] | None = None,
            key: str | None = None, flag: str | None = None, metavar: str | None = None,
            convert: Callable[[Any, str], Any] | None = None) -> Any:
     """A dataclass field with its description and constraints.
 
-    factory: a default built per instance (lists, tables, nested configs); key: the field's name on
+    default: REQUIRED (the default) for a key the table must have; a list or dict default is copied
+    per instance. factory: a default built per instance (e.g. a nested config); key: the field's name on
     disk when it cannot be a Python name (`from`); flag / metavar: its CLI flag and value name when
     not `--field-name`; convert: (value, where) -> value, how a table becomes this field's type when
     that is not one dataclass (e.g. the model config, a union chosen by its `kind`)."""
     meta = {"help": help, "checks": checks, "key": key, "flag": flag, "metavar": metavar, "convert": convert}
+    if isinstance(default, (list, dict, set)):  # a mutable default: a fresh copy per instance
+        factory = functools.partial(copy.deepcopy, default)
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -135,7 +142,7 @@ _NOUNS = {int: "integers", float: "numbers", str: "strings", bool: "true/false v
 
 
 def _plural(hint) -> str:
-    if dataclasses.is_dataclass(hint) or hint is dict or typing.get_origin(hint) is dict:
+    if _takes_tables(hint):
         return "tables"
     return _NOUNS.get(hint, "values")
 
@@ -155,9 +162,8 @@ def describe(hint) -> str:
         return f"one of {list(args)}"
     if _is_union(hint) and all(dataclasses.is_dataclass(a) for a in args):
         return f"a {' or '.join(a.__name__ for a in args)} (or a table of its fields)"
-    if _is_union(hint):
-        parts = [describe(a) for a in args if a is not type(None)]
-        return " or ".join(parts) + (" or unset" if type(None) in args else "")
+    if _is_union(hint):  # None is left out: in a file, unset is a missing key
+        return " or ".join(describe(a) for a in args if a is not type(None))
     if origin is list:
         return f"a list of {_plural(args[0])}" if args else "a list"
     if origin is tuple:
@@ -201,11 +207,18 @@ def _coerce(value, hint, where: str, convert=None):
         if any(value == a and type(value) is type(a) for a in args):
             return value
     elif _is_union(hint):
-        for a in args:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for a in options:
             try:
                 return _coerce(value, a, where)
-            except ConfigError:
-                continue
+            except ConfigError as e:
+                errors.append(e)
+        tables = [e for a, e in zip(options, errors) if isinstance(value, dict) and _takes_tables(a)]
+        if len(tables) == 1:  # the one table-shaped option: its own message says what is wrong inside
+            raise tables[0]
     elif hint is dict or origin is dict:
         if isinstance(value, dict):
             if not args or args[1] is Any:
@@ -228,6 +241,10 @@ def _coerce(value, hint, where: str, convert=None):
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
     raise _wrong(where, hint, value)
+
+
+def _takes_tables(hint) -> bool:
+    return dataclasses.is_dataclass(hint) or hint is dict or typing.get_origin(hint) is dict
 
 
 def _check(value, hint, where: str, checks, given=None) -> None:

@@ -221,7 +221,7 @@ CASES = [
     ("sweep-no-tier", ["sweep", "run", "all", "--study", NEW], "--tier is required"),
     ("sweep-escaping-stage", ["sweep", "run", "all", "--tier", f"{R}/evilplan.toml", "--study", NEW], "stage name"),
     ("sweep-bad-variant-at-expansion", ["sweep", "run", "all", "--tier", f"{R}/badvariant.toml", "--study", NEW],
-     "stage 'v': CARTConfig.n_loops"),
+     "stage 'v' variant 'bad': CARTConfig.n_loops"),
     ("sweep-print-bad-variant", ["sweep", "print-commands", "all", "--tier", f"{R}/badvariant.toml", "--study", NEW],
      "stage 'v'"),
     ("sweep-print-unknown-stage", ["sweep", "print-commands", "nosuch", "--tier", "smoke", "--study", NEW], "no stage(s)"),

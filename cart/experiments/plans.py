@@ -20,7 +20,8 @@ and an ordered table of stages. Stage kinds:
              largest width, and every member of the listed stages.
 - `tasks`    zero- and few-shot benchmarks (`cart eval tasks`, args.tasks e.g. "paper") of the same
              selection of models, one evaluation per entry of `shots` (default [0]).
-A stage kind is one entry of `STAGE_KINDS`: the keys it accepts, its validation, its expander.
+A stage kind is one entry of `STAGE_KINDS`: its table (a dataclass of the keys it accepts, typed and
+validated by `cart.validation`), the rules relating those keys, its expander.
 
 Any stage may carry a `question` (one sentence): the report introduces the stage's section with it.
 
@@ -36,12 +37,13 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 from cart.accounting import account, parity
 from cart.config import CARTConfig, DenseConfig, config_from_dict, config_to_dict, homogeneous_control
 from cart.experiments.store import RunRequest, Store
 from cart.paths import check_name
+from cart.validation import REQUIRED, Check, ConfigError, each, from_dict, non_negative, nonempty, option, positive
 
 PLAN_DIR = Path(__file__).resolve().parent.parent / "presets" / "plans"
 # model fields whose non-default value shows up in a run's name
@@ -125,31 +127,111 @@ def load_plan(tier: str) -> Plan:
     return parse_plan(raw, str(path))
 
 
+# ---------------------------------------------------------------------- the file's tables, as typed schemas
+@dataclass(kw_only=True)
+class _PlanFile:
+    tier: str = option(REQUIRED, "the tier's name, recorded in the study")
+    metric: str = option(REQUIRED, "the selection metric: a validation set, or in_domain")
+    description: str = ""
+    floor_margin: float = option(0.0, "how far below its n-gram floor every compared run must be",
+                                 Check(lambda v: 0 <= v < 1, "a number in [0, 1) (0.1 = beat the n-gram floor by 10 %)"))
+    train_preset: str | None = option(None, "the training preset the [train] tables override")
+    max_failures: int = option(3, "failed attempts before a run is given up", non_negative)
+    model: dict = option({}, "model fields every stage starts from")
+    train: dict = option({}, "training recipe fields every stage starts from")
+    stage: dict[str, dict] = option({}, "the stages, in order ([stage.<name>])")
+
+
+@dataclass(kw_only=True)
+class _Stage:
+    """The keys every stage has; each kind adds its own (a subclass, named in STAGE_KINDS)."""
+
+    kind: str
+    title: str | None = option(None, "the report's heading (default: the stage's name)")
+    question: str | None = option(None, "one sentence: the report introduces the stage's section with it")
+    seeds: list[int] = option([42], "one run per seed", each(non_negative))
+    train: dict | str = option({}, "training recipe fields, or the name of an earlier stage whose [train] to reuse")
+    model: dict = option({}, "model fields over the plan's [model]")
+
+
+@dataclass(kw_only=True)
+class _Derive:
+    source: str = option(REQUIRED, "the stage whose results choose P and R", key="from")
+    r_offsets: list[int] = option([-2, 0, 2], "R set = R* + these")
+    p: int | Literal["best"] = option("best", "P: the rule's choice, or a fixed value")
+    widths: list[int] | None = option(None, "widths d (default: the source stage's)", each(positive))
+    pin: Literal["published"] | None = option(None, "published: the paper's own Stage 2 grid")
+
+
+@dataclass(kw_only=True)
+class _GridStage(_Stage):
+    grid: dict[str, list] = option({}, "model field = [values]: their Cartesian product", each(nonempty))
+    derive: _Derive | None = option(None, "P and R from another stage's results")
+
+
+@dataclass(kw_only=True)
+class _ParityStage(_Stage):
+    widths: list[int] = option(REQUIRED, "widths d", nonempty, each(positive))
+    reference: dict = option(REQUIRED, "the reference CART config's fields")
+    targets: list[Literal["stored", "effective"]] = option(["stored", "effective"], "parameter counts to match")
+    extra_depths: dict[str, list[int]] = option({}, "width = [dense depths] added by hand",
+                                                Check(lambda t: all(k.isdigit() for k in t), "a table of width = [depths]"))
+
+
+@dataclass(kw_only=True)
+class _Variant:
+    model: dict = option({}, "model fields over the stage's base")
+    train: dict = option({}, "training recipe fields over the stage's")
+    control: Literal["shared", "unshared"] | None = option(None, "the homogeneous control of the base config")
+    title: str | None = None
+
+
+@dataclass(kw_only=True)
+class _VariantsStage(_Stage):
+    base: dict = option({}, "the base model config")
+    widths: list[int] | None = option(None, "widths d (default: the base's)", each(positive))
+    variants: dict[str, _Variant] = option(REQUIRED, "name = {model, train, control, title}", nonempty)
+
+
+@dataclass(kw_only=True)
+class _Evaluation(_Stage):
+    best_of: str | None = option(None, "evaluate the best CART model of this stage (at its largest width)")
+    also: list[str] = option([], "and every finished member of these stages")
+    args: dict = option({}, "arguments of the evaluation")
+
+
+@dataclass(kw_only=True)
+class _VaryRStage(_Evaluation):
+    loops: list[int] = option(REQUIRED, "loop counts R", nonempty, each(positive))
+
+
+@dataclass(kw_only=True)
+class _TasksStage(_Evaluation):
+    shots: list[int] = option([0], "few-shot counts, one evaluation each", each(non_negative))
+
+
+def _check_evaluation(st: _Evaluation, where: str) -> None:
+    if st.kind == "tasks" and not st.args.get("tasks"):
+        raise PlanError(f"{where}: a tasks stage needs args.tasks (e.g. \"paper\")")
+    if st.best_of is None and not st.also:
+        raise PlanError(f"{where}: a {st.kind} stage needs best_of and/or also")
+
+
 def parse_plan(raw: dict, source: str = "plan") -> Plan:
-    known = {"tier", "description", "metric", "floor_margin", "train_preset", "max_failures", "model", "train", "stage"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise PlanError(f"{source}: unknown top-level key(s) {unknown}; known: {sorted(known)}")
-    for k in ("tier", "metric"):
-        if k not in raw:
-            raise PlanError(f"{source}: missing {k!r}")
-    margin = raw.get("floor_margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise PlanError(f"{source}: floor_margin must be a number in [0, 1) (0.1 = beat the n-gram floor by 10 %), got {margin!r}")
-    plan = Plan(tier=raw["tier"], source=source, description=raw.get("description", ""), metric=raw["metric"],
-                train_preset=raw.get("train_preset"), max_failures=int(raw.get("max_failures", 3)), raw=raw,
-                floor_margin=float(margin))
-    stages = raw.get("stage") or {}
-    if not stages:
+    try:
+        spec = from_dict(_PlanFile, raw, source, where="")
+    except ConfigError as e:
+        raise PlanError(str(e)) from None
+    plan = Plan(tier=spec.tier, source=source, description=spec.description, metric=spec.metric,
+                train_preset=spec.train_preset, max_failures=spec.max_failures, raw=raw, floor_margin=spec.floor_margin)
+    if not spec.stage:
         raise PlanError(f"{source}: no [stage.*] tables")
-    for i, (name, st) in enumerate(stages.items()):
+    for i, (name, st) in enumerate(spec.stage.items()):
         try:  # a stage name becomes part of every run name, hence of run directories under the study
             check_name(name, "stage name")
         except ValueError as e:
             raise PlanError(f"{source}: {e}") from None
-        if not isinstance(st, dict):
-            raise PlanError(f"{source}: stage {name!r} must be a table, got {st!r}")
-        plan.stages[name] = _parse_stage(plan, name, i, st, raw, source)
+        plan.stages[name] = _parse_stage(plan, spec, name, i, st)
     for st in plan.stages.values():
         for dep in st.after:
             if dep not in plan.stages:
@@ -159,82 +241,31 @@ def parse_plan(raw: dict, source: str = "plan") -> Plan:
     return plan
 
 
-def _parse_stage(plan: Plan, name: str, index: int, st: dict, raw: dict, source: str) -> Stage:
-    where = f"{source}: stage {name!r}"
+def _parse_stage(plan: Plan, spec: _PlanFile, name: str, index: int, st: dict) -> Stage:
+    where = f"{plan.source}: stage {name!r}"
     kind = st.get("kind")
     if kind not in STAGE_KINDS:
         raise PlanError(f"{where}: kind must be one of {tuple(STAGE_KINDS)}, got {kind!r}")
-    spec = STAGE_KINDS[kind]
-    allowed = {"kind", "title", "question", "seeds", "train", "model"} | spec.keys
-    bad = sorted(set(st) - allowed)
-    if bad:
-        raise PlanError(f"{where}: unknown key(s) {bad} for a {kind} stage; allowed: {sorted(allowed)}")
-    if "question" in st and not isinstance(st["question"], str):
-        raise PlanError(f"{where}: question must be a string, got {st['question']!r}")
-    train = st.get("train", {})
+    try:
+        table = from_dict(STAGE_KINDS[kind].table, st, source=where, where="")
+    except ConfigError as e:
+        raise PlanError(str(e)) from None
+    train = table.train
     if isinstance(train, str):  # "same recipe as stage X"
-        other = (raw.get("stage") or {}).get(train)
+        other = spec.stage.get(train)
         if other is None or not isinstance(other.get("train", {}), dict):
             raise PlanError(f"{where}: train = {train!r} must name an earlier stage with a [train] table")
         train = other.get("train", {})
-    stage = Stage(name=name, kind=kind, index=index, title=st.get("title", name), raw=st,
-                  seeds=[int(s) for s in st.get("seeds", [42])],
-                  train={**(raw.get("train") or {}), **train}, model={**(raw.get("model") or {}), **st.get("model", {})})
-    spec.check(st, where)
+    stage = Stage(name=name, kind=kind, index=index, title=name if table.title is None else table.title, raw=st,
+                  seeds=table.seeds, train={**spec.train, **train}, model={**spec.model, **table.model})
+    if STAGE_KINDS[kind].check is not None:
+        STAGE_KINDS[kind].check(table, where)
     # validate every model config the stage could build now (derived ones are validated on expansion)
     try:
         config_from_dict({**stage.model}, source=where)
-    except (ValueError, TypeError) as e:
+    except ValueError as e:
         raise PlanError(str(e)) from e
     return stage
-
-
-def _check_grid(st: dict, where: str) -> None:
-    grid = st.get("grid") or {}
-    if not all(isinstance(v, list) and v for v in grid.values()):
-        raise PlanError(f"{where}: every grid entry must be a non-empty list")
-    if "derive" in st:
-        d = st["derive"]
-        if not isinstance(d, dict) or "from" not in d:
-            raise PlanError(f"{where}: derive needs 'from'")
-        bad = sorted(set(d) - {"from", "r_offsets", "p", "widths", "pin"})
-        if bad:
-            raise PlanError(f"{where}: unknown derive key(s) {bad}")
-        if d.get("pin") not in (None, "published"):
-            raise PlanError(f"{where}: derive.pin must be \"published\" (the paper's Stage 2 grid), got {d['pin']!r}")
-
-
-def _check_parity(st: dict, where: str) -> None:
-    if not st.get("widths") or "reference" not in st:
-        raise PlanError(f"{where}: a parity stage needs widths and a reference CART config")
-    for t in st.get("targets", ["stored", "effective"]):
-        if t not in ("stored", "effective"):
-            raise PlanError(f"{where}: targets must be 'stored' and/or 'effective', got {t!r}")
-
-
-def _check_variants(st: dict, where: str) -> None:
-    if not st.get("variants"):
-        raise PlanError(f"{where}: a variants stage needs [variants]")
-    for vname, v in st["variants"].items():
-        if not isinstance(v, dict):
-            raise PlanError(f"{where}: variant {vname!r} must be a table")
-        bad = sorted(set(v) - {"model", "train", "control", "title"})
-        if bad:
-            raise PlanError(f"{where}: variant {vname!r}: unknown key(s) {bad}")
-        if v.get("control") not in (None, "shared", "unshared"):
-            raise PlanError(f"{where}: variant {vname!r}: control must be 'shared' or 'unshared'")
-
-
-def _check_evaluation(st: dict, where: str) -> None:
-    if st["kind"] == "vary_r" and not st.get("loops"):
-        raise PlanError(f"{where}: a vary_r stage needs loops")
-    if st["kind"] == "tasks" and not (st.get("args") or {}).get("tasks"):
-        raise PlanError(f"{where}: a tasks stage needs args.tasks (e.g. \"paper\")")
-    if "best_of" not in st and not st.get("also"):
-        raise PlanError(f"{where}: a {st['kind']} stage needs best_of and/or also")
-    shots = st.get("shots", [0])
-    if not isinstance(shots, list) or not all(isinstance(k, int) and k >= 0 for k in shots):
-        raise PlanError(f"{where}: shots must be a list of non-negative integers, got {shots!r}")
 
 
 # ---------------------------------------------------------------------- run requests
@@ -531,17 +562,17 @@ def _expand_evaluation(x: _Expansion) -> None:
 
 @dataclass(frozen=True)
 class StageKind:
-    keys: frozenset                          # keys a stage of this kind may have, beyond the common ones
-    check: Any                               # (raw stage, where) -> None, raises PlanError
-    expand: Any                              # (_Expansion) -> None
+    table: type                                        # the stage's keys: a dataclass validated by cart.validation
+    check: Callable[[Any, str], None] | None           # rules relating its keys: (table, where) -> None, raises PlanError
+    expand: Callable[[_Expansion], None]
 
 
 STAGE_KINDS: dict[str, StageKind] = {
-    "grid": StageKind(frozenset({"grid", "derive"}), _check_grid, _expand_grid),
-    "parity": StageKind(frozenset({"widths", "reference", "targets", "extra_depths"}), _check_parity, _expand_parity),
-    "variants": StageKind(frozenset({"base", "widths", "variants"}), _check_variants, _expand_variants),
-    "vary_r": StageKind(frozenset({"loops", "best_of", "also", "args"}), _check_evaluation, _expand_evaluation),
-    "tasks": StageKind(frozenset({"shots", "best_of", "also", "args"}), _check_evaluation, _expand_evaluation),
+    "grid": StageKind(_GridStage, None, _expand_grid),
+    "parity": StageKind(_ParityStage, None, _expand_parity),
+    "variants": StageKind(_VariantsStage, None, _expand_variants),
+    "vary_r": StageKind(_VaryRStage, _check_evaluation, _expand_evaluation),
+    "tasks": StageKind(_TasksStage, _check_evaluation, _expand_evaluation),
 }
 
 
@@ -572,7 +603,9 @@ def expand(plan: Plan, store: Store, stages: list[Stage] | None = None) -> int:
             members, derivation = build_stage(plan, stage, store)
         except PlanError:
             raise
-        except (ValueError, TypeError) as e:  # a config only this expansion builds (a variant, a derived cell)
+        except ConfigError as e:  # a config only this expansion builds (a variant, a derived cell)
+            raise PlanError(str(e.within(f"{plan.source}: stage {stage.name!r}"))) from None
+        except (ValueError, TypeError) as e:
             raise PlanError(f"{plan.source}: stage {stage.name!r}: {e}") from None
         definition = {"kind": stage.kind, "title": stage.title, "raw": stage.raw, "metric": plan.metric, "tier": plan.tier}
         if store.add_stage(stage.name, definition, derivation, members):

@@ -100,7 +100,7 @@ def test_stage2_rule_on_the_papers_stage1_gives_the_papers_stage2():
 
 
 def test_plan_errors_name_the_problem():
-    with pytest.raises(PlanError, match="unknown key"):
+    with pytest.raises(PlanError, match="unknown field"):
         parse_plan({"tier": "x", "metric": "m", "stage": {"a": {"kind": "grid", "grid": {"d_model": [64]}, "sede": [1]}}})
     with pytest.raises(PlanError, match="kind must be"):
         parse_plan({"tier": "x", "metric": "m", "stage": {"a": {"kind": "gird"}}})
