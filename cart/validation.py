@@ -33,7 +33,7 @@ from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Literal, Union
 
 __all__ = ["ConfigError", "Check", "option", "REQUIRED", "validate", "from_dict", "check_fields", "config_fields", "field_hints",
-           "base_type", "describe", "positive", "non_negative", "interval", "at_least", "multiple_of", "each", "nonempty"]
+           "base_type", "describe", "positive", "non_negative", "interval", "multiple_of", "each", "nonempty"]
 
 
 class ConfigError(ValueError):
@@ -66,10 +66,6 @@ class Check:
 positive = Check(lambda v: v > 0, "a positive {noun}")
 non_negative = Check(lambda v: v >= 0, "{a} >= 0")
 nonempty = Check(lambda v: len(v) > 0, "non-empty")
-
-
-def at_least(n) -> Check:
-    return Check(lambda v: v >= n, f"{{a}} >= {n}")
 
 
 def multiple_of(n: int, what: str = "") -> Check:
@@ -154,8 +150,6 @@ def describe(hint) -> str:
         return "true/false"
     if hint in (int, float, str):
         return {int: "an integer", float: "a number", str: "a string"}[hint]
-    if hint is type(None):
-        return "unset"
     if hint is dict or origin is dict:
         return f"a table of {_plural(args[1])}" if args and args[1] is not Any else "a table"
     if origin is Literal:
@@ -200,9 +194,6 @@ def _coerce(value, hint, where: str, convert=None):
     elif hint is str:
         if isinstance(value, str):
             return value
-    elif hint is type(None):
-        if value is None:
-            return None
     elif origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
@@ -238,8 +229,6 @@ def _coerce(value, hint, where: str, convert=None):
             return value
         if isinstance(value, dict):
             return from_dict(hint, value, where=where)
-    elif isinstance(hint, type) and isinstance(value, hint):
-        return value
     raise _wrong(where, hint, value)
 
 

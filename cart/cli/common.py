@@ -105,7 +105,7 @@ _SCALARS = {bool: (_bool, "BOOL"), int: (int, "N"), float: (float, "X"), str: (s
 
 
 def add_config_flags(group, cls, dest: str, skip: set[str] = frozenset(), note: str = "") -> None:
-    """One flag per field of the config dataclass `cls`: `--field-name` (or the field's own `flag`),
+    """One flag per field of the config dataclass `cls`: `--field-name` (or the field's own `flag`, or its `key`),
     unset by default, its value parsed by the field's type (choices for a Literal), its help the field's
     description and default. The value lands in `dest + field name`; `flag_values` collects them.
     Constraints are the config's to check (one message whichever way a value arrives). Nested tables
@@ -121,14 +121,16 @@ def add_config_flags(group, cls, dest: str, skip: set[str] = frozenset(), note: 
         elif t in _SCALARS:
             kw["type"], kw["metavar"] = _SCALARS[t]
         elif typing.get_origin(t) is tuple and f.default is not MISSING:
-            kw["type"] = _numbers(len(typing.get_args(t)), ",".join(map(str, f.default)))
+            n = len(typing.get_args(t))
+            kw["type"], kw["metavar"] = _numbers(n, ",".join(map(str, f.default))), ",".join(["X"] * n)
         else:
             continue
         if f.metadata.get("metavar"):
             kw["metavar"] = f.metadata["metavar"]
         notes = [note] * bool(note) + [f"default {_shown(f.default)}"] * (f.default not in (MISSING, None))
         kw["help"] = (f.metadata.get("help", "") + (f" ({', '.join(notes)})" if notes else "")).replace("%", "%%")
-        group.add_argument(f.metadata.get("flag") or "--" + f.name.replace("_", "-"), **kw)
+        name = f.metadata.get("key") or f.name
+        group.add_argument(f.metadata.get("flag") or "--" + name.replace("_", "-"), **kw)
 
 
 def _shown(v) -> str:
