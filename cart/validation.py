@@ -158,7 +158,7 @@ def describe(hint) -> str:
         return f"a {' or '.join(a.__name__ for a in args)} (or a table of its fields)"
     if _is_union(hint):  # None is left out: in a file, unset is a missing key
         return " or ".join(describe(a) for a in args if a is not type(None))
-    if origin is list:
+    if hint is list or origin is list:
         return f"a list of {_plural(args[0])}" if args else "a list"
     if origin is tuple:
         n = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
@@ -215,7 +215,7 @@ def _coerce(value, hint, where: str, convert=None):
             if not args or args[1] is Any:
                 return value
             return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    elif origin is list:
+    elif hint is list or origin is list:
         if isinstance(value, (list, tuple)):
             return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
     elif origin is tuple:

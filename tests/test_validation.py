@@ -34,6 +34,8 @@ class Toy:
     pair: tuple[float, float] = option((0.9, 0.95), "two numbers")
     sizes: list[int] = option([1], "sizes", nonempty, each(positive))
     table: dict[str, int] = option({}, "name = count", each(positive))
+    anything: list = option([], "a list of any values")
+    free: dict = option({}, "a table passed on unchecked")
     inner: Inner = option(factory=Inner, help="nested")
     source: str = option("x", "keyword-named key", key="from")
 
@@ -67,6 +69,9 @@ def test_types_are_checked_and_coerced_exactly():
     assert err(Toy, name="n", pair=(1.0,)) == "Toy.pair must be a list of 2 numbers, got (1.0,)"
     assert err(Toy, name="n", sizes=[1, "x"]) == "Toy.sizes[1] must be an integer, got 'x'"
     assert err(Toy, name="n", table={"a": 1.5}) == "Toy.table.a must be an integer, got 1.5"
+    assert Toy(name="n", anything=[1, "a"], free={"x": [1]}).anything == [1, "a"]
+    assert err(Toy, name="n", anything="ab") == "Toy.anything must be a list, got 'ab'"
+    assert err(Toy, name="n", free=[1]) == "Toy.free must be a table, got [1]"
 
 
 def test_constraints_name_the_field_and_the_value_as_written():
@@ -91,7 +96,7 @@ def test_interval_bounds():
 
 def test_from_dict_refuses_unknown_and_missing_keys_naming_the_source():
     assert err(from_dict, Toy, {"name": "n", "cuont": 1}, "run.toml").startswith(
-        "run.toml: Toy: unknown field(s) ['cuont']; known: ['count', 'even', 'flag', 'from',")
+        "run.toml: Toy: unknown field(s) ['cuont']; known: ['anything', 'count', 'even', 'flag', 'free', 'from',")
     assert err(from_dict, Toy, {}, "run.toml") == "run.toml: Toy: missing field(s) ['name']"
     assert err(from_dict, Toy, {"name": "n", "count": -1}, "run.toml") == "run.toml: Toy.count must be an integer >= 0, got -1"
     assert err(from_dict, Toy, {"name": "n", "count": 101, "flag": True}, "run.toml") == "run.toml: Toy: count > 100 needs flag=false"

@@ -2,8 +2,9 @@
 
 - `TrainConfig`: every knob of a run. Defaults are the paper's recipe (SPEC §3): AdamW (0.9, 0.95),
   weight decay 0.1, peak lr 3e-4, 100 warmup steps, cosine to 3e-5, clip 1.0, bf16 where supported.
-  Validated on construction, so a typo or an impossible value fails before any work starts; every
-  message names the field and the value.
+  Validated on construction (`cart.validation`: each field's type and `option(...)` constraints), so
+  a typo or an impossible value fails before any work starts; every message names the field and the
+  value. Each field's description is its `cart train` flag's help: a new field is a new flag.
 - `LoopSampling`: training-time variable R (Huginn/Parcae-style): R drawn per step from a
   distribution, optionally backpropagating through only the last k loops. The paper names it as
   the fix for its variable-R result (SPEC §4, §5).
