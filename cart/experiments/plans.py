@@ -32,7 +32,6 @@ Nothing here runs anything: `expand` inserts runs into the store, the orchestrat
 from __future__ import annotations
 
 import itertools
-import math
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,7 +61,8 @@ class Stage:
     kind: str
     index: int
     title: str
-    raw: dict
+    raw: dict    # the stage's table as the file wrote it (recorded in the study)
+    table: Any   # the same, validated: its kind's dataclass in STAGE_KINDS, every default filled in
     seeds: list[int]
     train: dict  # recipe overrides for this stage (plan [train] merged in)
     model: dict  # model fields for this stage (plan [model] merged in)
@@ -71,12 +71,12 @@ class Stage:
     def after(self) -> list[str]:
         """Stages whose results this one needs before it can be expanded."""
         deps = []
-        if self.kind == "grid" and "derive" in self.raw:
-            deps.append(self.raw["derive"]["from"])
+        if self.kind == "grid" and self.table.derive is not None:
+            deps.append(self.table.derive.source)
         if self.kind in ("vary_r", "tasks"):
-            if "best_of" in self.raw:
-                deps.append(self.raw["best_of"])
-            deps += list(self.raw.get("also", []))
+            if self.table.best_of is not None:
+                deps.append(self.table.best_of)
+            deps += list(self.table.also)
         return deps
 
 
@@ -257,7 +257,7 @@ def _parse_stage(plan: Plan, spec: _PlanFile, name: str, index: int, st: dict) -
             raise PlanError(f"{where}: train = {train!r} must name an earlier stage with a [train] table")
         train = other.get("train", {})
     stage = Stage(name=name, kind=kind, index=index, title=name if table.title is None else table.title, raw=st,
-                  seeds=table.seeds, train={**spec.train, **train}, model={**spec.model, **table.model})
+                  table=table, seeds=table.seeds, train={**spec.train, **train}, model={**spec.model, **table.model})
     if STAGE_KINDS[kind].check is not None:
         STAGE_KINDS[kind].check(table, where)
     # validate every model config the stage could build now (derived ones are validated on expansion)
@@ -453,25 +453,25 @@ class _Expansion:
 
 
 def _expand_grid(x: _Expansion) -> None:
-    st, stage, plan = x.stage.raw, x.stage, x.plan
-    grid = dict(st.get("grid") or {})
-    if "derive" in st:
-        d = st["derive"]
-        cells = stage_cells(x.store, d["from"], plan.metric)
-        rule = derive_stage2(cells, list(d.get("r_offsets", [-2, 0, 2])), d.get("p", "best")) if cells else None
-        if d.get("pin") == "published":  # the paper's own Stage 2 grid; what the rule would pick is kept beside it
+    t, stage, plan = x.stage.table, x.stage, x.plan
+    grid = dict(t.grid)
+    if t.derive is not None:
+        d = t.derive
+        cells = stage_cells(x.store, d.source, plan.metric)
+        rule = derive_stage2(cells, d.r_offsets, d.p) if cells else None
+        if d.pin == "published":  # the paper's own Stage 2 grid; what the rule would pick is kept beside it
             from cart.experiments.published import STAGE2_GRID
             x.derivation = {"rule": "pinned to the paper's published Stage 2 grid", "P": STAGE2_GRID["n_prelude"],
                             "R_set": list(STAGE2_GRID["n_loops"]), "rule_would_give": rule}
         elif rule is None:
-            raise PlanError(f"{x.where}: cannot derive: stage {d['from']!r} has no finished CART runs")
+            raise PlanError(f"{x.where}: cannot derive: stage {d.source!r} has no finished CART runs")
         else:
             x.derivation = rule
-        x.derivation.update({"from": d["from"], "metric": plan.metric})
+        x.derivation.update({"from": d.source, "metric": plan.metric})
         grid["n_prelude"] = [x.derivation["P"]]
         grid["n_loops"] = x.derivation["R_set"]
         if "d_model" not in grid:
-            grid["d_model"] = d.get("widths") or sorted({k[0] for k in cells})
+            grid["d_model"] = d.widths or sorted({k[0] for k in cells})
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         fields = {**stage.model, **dict(zip(keys, values))}
@@ -481,15 +481,14 @@ def _expand_grid(x: _Expansion) -> None:
 
 
 def _expand_parity(x: _Expansion) -> None:
-    st, stage = x.stage.raw, x.stage
-    targets = st.get("targets", ["stored", "effective"])
-    extra = {int(k): v for k, v in (st.get("extra_depths") or {}).items()}
-    for d in st["widths"]:
-        ref = config_from_dict({**stage.model, **st["reference"], "d_model": d}, source=x.where)
+    st, stage = x.stage.table, x.stage
+    extra = {int(k): v for k, v in st.extra_depths.items()}
+    for d in st.widths:
+        ref = config_from_dict({**stage.model, **st.reference, "d_model": d}, source=x.where)
         if not isinstance(ref, CARTConfig):
             raise PlanError(f"{x.where}: the parity reference must be a CART config")
         depths: list[tuple[str, int, dict]] = []
-        for t in targets:
+        for t in st.targets:
             pm = parity(ref, t)
             depths.append((t, pm.n_layers, {"target": t, "target_params": pm.target_params, "rel_error": pm.rel_error}))
         for n in extra.get(d, []):
@@ -503,41 +502,41 @@ def _expand_parity(x: _Expansion) -> None:
 
 
 def _expand_variants(x: _Expansion) -> None:
-    st, stage = x.stage.raw, x.stage
-    base = {**stage.model, **(st.get("base") or {})}
-    for d in st.get("widths") or [base.get("d_model")]:
-        for vname, v in st["variants"].items():
-            fields = {**base, **(v.get("model") or {})}
+    st, stage = x.stage.table, x.stage
+    base = {**stage.model, **st.base}
+    for d in st.widths or [base.get("d_model")]:
+        for vname, v in st.variants.items():
+            fields = {**base, **v.model}
             if d is not None:
                 fields["d_model"] = d
             cfg = config_from_dict(fields, source=f"{x.where} variant {vname!r}")
-            if v.get("control"):
+            if v.control:
                 if not isinstance(cfg, CARTConfig):
                     raise PlanError(f"{x.where}: variant {vname!r}: control needs a CART base config")
-                cfg = homogeneous_control(cfg, share_layers=v["control"] == "shared")
+                cfg = homogeneous_control(cfg, share_layers=v.control == "shared")
             for seed in stage.seeds:
-                x.train(f"{vname}-d{cfg.d_model}-s{seed}", {"variant": vname, "title": v.get("title", vname)},
-                        config_to_dict(cfg), seed, v.get("train"))
+                x.train(f"{vname}-d{cfg.d_model}-s{seed}", {"variant": vname, "title": vname if v.title is None else v.title},
+                        config_to_dict(cfg), seed, v.train)
 
 
 def _evaluated_runs(x: _Expansion) -> list[tuple[str, dict]]:
     """(stage, member) pairs an evaluation stage evaluates: the best of `best_of`, every member of `also`."""
-    st, sources = x.stage.raw, []
+    st, sources = x.stage.table, []
     x.derivation = {"metric": x.plan.metric}
-    if "best_of" in st:
-        m = best_run(x.store, st["best_of"], x.plan.metric)
+    if st.best_of is not None:
+        m = best_run(x.store, st.best_of, x.plan.metric)
         if m is None:
-            raise PlanError(f"{x.where}: stage {st['best_of']!r} has no finished CART run to evaluate")
-        sources.append((st["best_of"], m))
-        x.derivation["best"] = {"stage": st["best_of"], "label": m["label"], "run": m["name"]}
-    for other in st.get("also", []):
+            raise PlanError(f"{x.where}: stage {st.best_of!r} has no finished CART run to evaluate")
+        sources.append((st.best_of, m))
+        x.derivation["best"] = {"stage": st.best_of, "label": m["label"], "run": m["name"]}
+    for other in st.also:
         sources += [(other, m) for m in x.store.members(other) if m["status"] == "done"]
     return sources
 
 
 def _expand_evaluation(x: _Expansion) -> None:
     """vary_r: the model at many loop counts; tasks: zero-/few-shot benchmarks (one run per shot count)."""
-    st, stage, plan = x.stage.raw, x.stage, x.plan
+    st, stage, plan = x.stage.table, x.stage, x.plan
     sources, seen = _evaluated_runs(x), set()
     for sname, m in sources:
         run = x.store.run(m["run_id"])
@@ -546,16 +545,16 @@ def _expand_evaluation(x: _Expansion) -> None:
         seen.add(run.key)
         cfg = config_from_dict(run.spec["model"])
         tags = {**m["tags"], "source_stage": sname, "source_label": m["label"], "source_run": run.name,
-                "best": sname == st.get("best_of") and m is sources[0][1]}
+                "best": sname == st.best_of and m is sources[0][1]}
         if stage.kind == "vary_r":
             if isinstance(cfg, CARTConfig) and not cfg.share_core:
                 continue  # R distinct cores: only the trained R exists
-            evals = [({"loops": [int(r) for r in st["loops"]]}, f"{stage.name}-{run.name}", f"{sname}:{m['label']}", {})]
+            evals = [({"loops": list(st.loops)}, f"{stage.name}-{run.name}", f"{sname}:{m['label']}", {})]
         else:
             evals = [({"shots": k}, f"{stage.name}-{k}shot-{run.name}", f"{sname}:{m['label']}:{k}shot", {"shots": k})
-                     for k in st.get("shots", [0])]
+                     for k in st.shots]
         for extra, name, label, more_tags in evals:
-            spec = {"kind": "eval", "eval": stage.kind, "of": run.key, **extra, "args": dict(st.get("args") or {})}
+            spec = {"kind": "eval", "eval": stage.kind, "of": run.key, **extra, "args": dict(st.args)}
             req = RunRequest(name=name, kind="eval", spec=spec, tier=plan.tier, seed=run.seed, max_failures=plan.max_failures)
             x.members.append((label, {**tags, **more_tags}, req))
 
