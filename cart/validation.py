@@ -175,11 +175,11 @@ def _wrong(where: str, hint, value) -> ConfigError:
 
 def _coerce(value, hint, where: str, convert=None):
     """`value` as `hint` (exact conversions only), or a ConfigError naming `where` and the value."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
+    if hint is Any or type(value) is hint and hint in (int, str, bool, float):  # the common case, first
         return value
     if convert is not None and isinstance(value, dict):
         return convert(value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -263,14 +263,23 @@ def _at(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
+@functools.cache
+def _specs(cls) -> dict[str, tuple]:
+    """field name -> (hint, name on disk, checks, convert), once per class."""
+    hints = field_hints(cls)
+    return {f.name: (hints[f.name], f.metadata.get("key") or f.name, f.metadata.get("checks", ()), f.metadata.get("convert"))
+            for f in config_fields(cls)}
+
+
 def check_fields(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
     """`values` (field name -> value) checked against `cls`'s hints and constraints; coerced copies."""
-    hints, out = field_hints(cls), {}
-    by_name = {f.name: f for f in config_fields(cls)}
+    specs, out = _specs(cls), {}
     for name, value in values.items():
-        f, at = by_name[name], _at(where, by_name[name].metadata.get("key") or name)
-        v = _coerce(value, hints[name], at, f.metadata.get("convert"))
-        _check(v, hints[name], at, f.metadata.get("checks", ()), value)
+        hint, key, checks, convert = specs[name]
+        at = _at(where, key)
+        v = _coerce(value, hint, at, convert)
+        if checks:
+            _check(v, hint, at, checks, value)
         out[name] = v
     return out
 
@@ -278,7 +287,7 @@ def check_fields(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
 def validate(obj) -> None:
     """Check and coerce every field of a config in place (frozen or not); call first in `__post_init__`."""
     cls = type(obj)
-    values = check_fields(cls, {f.name: getattr(obj, f.name) for f in config_fields(cls)}, cls.__name__)
+    values = check_fields(cls, {name: getattr(obj, name) for name in _specs(cls)}, cls.__name__)
     for name, v in values.items():
         if v is not getattr(obj, name):
             object.__setattr__(obj, name, v)
