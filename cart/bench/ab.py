@@ -2,9 +2,9 @@
 
     python -m cart.bench.ab --rev bba02a1 --model cart dense_effective --what train --threads 1 --cpu-time
 
-The revision's `cart/config.py`, `cart/accounting.py` and `cart/model/*.py` are read with
-`git show` (nothing in the repository changes) into a throw-away package `cart_rev_<sha>` under a
-temporary directory, so both versions are built with the same seed and measured alternately in
+The revision's `cart/config.py`, `cart/accounting.py`, `cart/validation.py` (when it has one) and
+`cart/model/*.py` are read with `git show` (nothing in the repository changes) into a throw-away
+package `cart_rev_<sha>` under a temporary directory, so both versions are built with the same seed and measured alternately in
 the same process. `--cpu-time` times with the process's CPU time instead of the wall clock: with one
 thread it counts the work done and not the time other processes held the core, which makes
 before/after comparisons usable on a shared machine (the wall clock is reported too).
@@ -25,7 +25,7 @@ import torch
 
 from cart.bench.timing import measure
 
-_FILES = ["cart/config.py", "cart/accounting.py"]
+_FILES = ["cart/config.py", "cart/accounting.py", "cart/validation.py"]  # those a revision has (validation.py: newer ones)
 
 
 def _repo_root() -> Path:
@@ -43,7 +43,9 @@ def load_revision(rev: str, workdir: Path):
     (pkg / "model").mkdir(parents=True, exist_ok=True)
     files = subprocess.run(["git", "ls-tree", "--name-only", rev, "cart/model/"], capture_output=True, text=True,
                            cwd=root, check=True).stdout.split()
-    for f in _FILES + [f for f in files if f.endswith(".py")]:
+    present = subprocess.run(["git", "ls-tree", "--name-only", rev, *_FILES], capture_output=True, text=True,
+                             cwd=root, check=True).stdout.split()
+    for f in present + [f for f in files if f.endswith(".py")]:
         src = subprocess.run(["git", "show", f"{rev}:{f}"], capture_output=True, text=True, cwd=root, check=True).stdout
         src = src.replace("from cart.", f"from {name}.").replace("import cart.", f"import {name}.")
         (pkg / f.removeprefix("cart/")).write_text(src)
