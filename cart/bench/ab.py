@@ -4,8 +4,8 @@
 
 The revision's `cart/config.py`, `cart/accounting.py`, `cart/validation.py` (when it has one) and
 `cart/model/*.py` are read with `git show` (nothing in the repository changes) into a throw-away
-package `cart_rev_<sha>` under a temporary directory, so both versions are built with the same seed and measured alternately in
-the same process. `--cpu-time` times with the process's CPU time instead of the wall clock: with one
+package `cart_rev_<sha>` under a temporary directory, so both versions are built with the same seed
+and measured alternately in the same process. `--cpu-time` times with the process's CPU time instead of the wall clock: with one
 thread it counts the work done and not the time other processes held the core, which makes
 before/after comparisons usable on a shared machine (the wall clock is reported too).
 
