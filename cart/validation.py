@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
@@ -175,7 +176,7 @@ def _wrong(where: str, hint, value) -> ConfigError:
 
 def _coerce(value, hint, where: str, convert=None):
     """`value` as `hint` (exact conversions only), or a ConfigError naming `where` and the value."""
-    if hint is Any or type(value) is hint and hint in (int, str, bool, float):  # the common case, first
+    if hint is Any or type(value) is hint and hint in (int, str, bool):  # the common case, first
         return value
     if convert is not None and isinstance(value, dict):
         return convert(value, where)
@@ -187,6 +188,8 @@ def _coerce(value, hint, where: str, convert=None):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
+        if isinstance(value, float) and not math.isfinite(value):  # TOML and Python can say nan and inf; no field means them
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         if isinstance(value, float):
             return value
         if isinstance(value, int) and not isinstance(value, bool) and float(value) == value:

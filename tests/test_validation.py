@@ -62,6 +62,8 @@ def test_types_are_checked_and_coerced_exactly():
     assert err(Toy, name="n", flag=1) == "Toy.flag must be true/false, got 1"
     assert err(Toy, name="n", scale=2 ** 53 + 1).startswith("Toy.scale must be a number")  # not exactly a float
     assert err(Toy, name="n", scale="1") == "Toy.scale must be a number, got '1'"
+    assert err(Toy, name="n", scale=float("inf")) == "Toy.scale must be a finite number, got inf"
+    assert err(Toy, name="n", pair=(0.9, float("nan"))) == "Toy.pair[1] must be a finite number, got nan"
     assert err(Toy, name="n", mode="c") == "Toy.mode must be one of ['a', 'b'], got 'c'"
     assert err(Toy, name=3) == "Toy.name must be a string, got 3"
     assert Toy(name="n", maybe=None).maybe is None and Toy(name="n", maybe=4).maybe == 4
@@ -199,3 +201,17 @@ def test_train_flags_cover_every_scalar_field_with_the_fields_help():
     assert loop == {"--loop-sampling", "--loop-min", "--loop-max", "--loop-mean", "--loop-sigma", "--backprop-loops"}
     assert by_dest["cfg_lti_gate"].metavar == "BOOL" and by_dest["train_betas"].metavar == "B1,B2"
     assert by_dest["cfg_n_layers"].help.endswith("(dense only, default 7)")
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--loop-min", "0"], "TrainConfig.loop_sampling.min_loops must be a positive integer, got 0"),
+    (["--loop-sigma", "inf"], "TrainConfig.loop_sampling.sigma must be a finite number, got inf"),
+    (["--lr", "nan"], "TrainConfig.lr must be a finite number, got nan"),
+    (["--n-loops", "0"], "TrainConfig.model.n_loops must be a positive integer, got 0"),
+])
+def test_a_flag_out_of_range_is_the_configs_one_line_error(capsys, argv, line):
+    from cart.cli import main
+
+    assert main(["train", "--preset", "smoke", *argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cart train: error: preset 'smoke' + flags: {line}\n"
