@@ -1,6 +1,7 @@
 """Before/after: the model code of a git revision against the working tree, in one process.
 
     python -m cart.bench.ab --rev bba02a1 --model cart dense_effective --what train --threads 1 --cpu-time
+    python -m cart.bench.ab --rev 4165501 --d 192 --prelude 2 --loops 4 --batch 16 --dtype bf16   # the main job's shape
 
 The revision's `cart/config.py`, `cart/accounting.py`, `cart/validation.py` (when it has one) and
 `cart/model/*.py` are read with `git show` (nothing in the repository changes) into a throw-away
@@ -19,6 +20,7 @@ import importlib
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -54,9 +56,9 @@ def load_revision(rev: str, workdir: Path):
     return tuple(importlib.import_module(f"{name}.{m}") for m in ("config", "accounting", "model"))
 
 
-def _build(mods, which: str, d: int, T: int, V: int, max_len: int):
+def _build(mods, which: str, d: int, T: int, V: int, max_len: int, prelude: int = 6, loops: int = 6):
     cfgm, acc, model = mods
-    c = cfgm.CARTConfig(vocab_size=V, d_model=d, max_seq_len=max_len)
+    c = cfgm.CARTConfig(vocab_size=V, d_model=d, max_seq_len=max_len, n_prelude=prelude, n_loops=loops)
     cfg = {
         "cart": c, "cart_unfrozen_kv": c.replace(freeze_kv=False),
         "dense_stored": acc.dense_for(c, acc.parity(c, "stored").n_layers),
@@ -70,11 +72,14 @@ def _task(m, DecodeCache, args):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g)
     inp, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.dtype == "bf16" else nullcontext
     if args.what == "train":
         opt = torch.optim.AdamW(m.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 
         def f():
-            m.loss(inp, tgt).backward()
+            with amp():
+                loss = m.loss(inp, tgt)
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return f, args.batch * args.seq
@@ -82,14 +87,14 @@ def _task(m, DecodeCache, args):
         m.eval()
 
         def f():
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 m(inp)
         return f, args.batch * args.seq
     m.eval()
     prompt = inp[:, : args.prompt]
 
     def f():
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             cache = DecodeCache(args.batch, args.prompt + args.new)
             nxt = m(prompt, cache=cache)[:, -1].argmax(-1)
             for _ in range(args.new):
@@ -108,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prelude", type=int, default=6, help="CART prelude layers P (default 6)")
+    ap.add_argument("--loops", type=int, default=6, help="CART loops R (default 6)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="fp32, or bf16 autocast (as the trainer)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
@@ -125,11 +133,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         old = load_revision(args.rev, Path(tmp))
         print(f"before = {args.rev}, after = working tree; {args.what}, d={args.d} T={args.seq} V={args.vocab} "
-              f"B={args.batch}, {torch.get_num_threads()} thread(s), clock = {'process CPU' if args.cpu_time else 'wall'}")
+              f"B={args.batch} P{args.prelude} R{args.loops} {args.dtype}, {torch.get_num_threads()} thread(s), clock = {'process CPU' if args.cpu_time else 'wall'}")
         for which in args.model:
             fns = {}
             for tag, mods in (("before", old), ("after", (cfg_new, acc_new, model_new))):
-                m, DC = _build(mods, which, args.d, args.seq, args.vocab, max_len)
+                m, DC = _build(mods, which, args.d, args.seq, args.vocab, max_len, args.prelude, args.loops)
                 fns[tag], units = _task(m, DC, args)
             m = measure(fns, repeats=args.repeats, warmup=2, max_rounds=args.repeats * 3, time_budget_s=args.budget,
                         clock="cpu" if args.cpu_time else "wall")

@@ -46,6 +46,33 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
 
 
+# ATen's CPU flash-attention kernel runs bf16 at a fraction of the bf16 matmul rate: at T = 256 its
+# forward + backward takes 2.4-2.8x as long as explicit attention (scores by a bf16 batched matmul,
+# softmax, a second bmm; results/bench/PERF.md, change 12), which at these lengths keeps only a
+# [B·H, T, T] bf16 score tensor (6 MB per layer for the main job). The gap closes near T = 1024, where
+# the scores also grow too large to keep, so explicit attention is used up to this many keys. In fp32
+# the flash kernel is the faster one (by ~15 %) and stays.
+EXPLICIT_ATTENTION_MAX_KEYS = 512
+
+
+def _explicit_attention_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
+            and not torch.compiler.is_compiling())
+
+
+def _explicit_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Square causal attention [B, H, T, D] as baddbmm (scores + the -inf mask above the diagonal, in
+    one GEMM), softmax and bmm. The scores are rounded to bf16 before the softmax (as in any bf16
+    matmul attention); the flash kernel keeps them in fp32. Measured against an fp32 reference, the
+    output and gradient errors are 1.3-1.8x the flash kernel's, both at the bf16 level (~1e-2 at
+    most; tests/model/test_model.py)."""
+    B, H, T, D = q.shape
+    upper = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
+    bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(upper, float("-inf"))
+    s = torch.baddbmm(bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2), alpha=D ** -0.5)
+    return torch.bmm(torch.softmax(s, dim=-1), v.reshape(B * H, T, D)).view(B, H, T, D)
+
+
 def causal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention where the Tq queries are the LAST Tq of the Tk key positions; with `doc_mask`
     (from `document_mask`, square shapes only) the causal mask is also cut at document boundaries."""
@@ -53,6 +80,8 @@ def causal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_mask: t
         return F.scaled_dot_product_attention(q, k, v, attn_mask=doc_mask)
     Tq, Tk = q.shape[-2], k.shape[-2]
     if Tq == Tk:
+        if _explicit_attention_ok(q, k):
+            return _explicit_causal(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if Tq == 1:
         return F.scaled_dot_product_attention(q, k, v)

@@ -3,7 +3,7 @@
 Notable: SwiGLU keeps its gate and up projections in one matrix (one matmul instead of two, same
 parameter count 3df); RoPE tables are buffers built once per model for max_seq_len positions;
 `cross_entropy` is the tied head's loss without the [tokens, vocab] temporaries of
-`F.cross_entropy` (its backward turns the logits into their own gradient, in place, chunk by chunk).
+`F.cross_entropy` (its forward turns the logits into their own gradient, in place, chunk by chunk).
 """
 from __future__ import annotations
 
@@ -147,10 +147,14 @@ def init_weights(module: nn.Module, std: float) -> None:
 # F.cross_entropy materialises log_softmax (one [N, V] tensor) in the forward pass and, in the
 # backward, a zero-filled [N, V] NLL gradient plus the [N, V] log_softmax gradient: three passes
 # over, and three fresh allocations of, the largest tensor of a small model (at d=256, V=8192 and
-# 2,048 tokens: 67 MB each, page-faulted in anew on every step on CPU). Here the forward keeps only
-# the logits (already saved by nothing else) and one float per token (log-sum-exp); the backward
-# overwrites the logits with softmax - onehot, a cache-sized chunk of rows at a time, and hands
-# that same storage on as the gradient. Mean over targets != ignore_index, like F.cross_entropy.
+# 2,048 tokens: 67 MB each, page-faulted in anew on every step on CPU). Here the forward turns the
+# logits, in place and a cache-sized chunk of rows at a time, into their own gradient: one exp per
+# logit gives the log-sum-exp (the loss) and the softmax together, each row is scaled by
+# valid / count, and the target entries get (softmax_t - 1) * valid / count, computed in fp32 from
+# the log-sum-exp and the target's logit. The backward only multiplies by the incoming gradient
+# (skipped when it is 1, the usual case) and hands that same storage on. One exp pass over the
+# logits instead of two (the log-sum-exp, then the softmax again in the backward); in bf16 also one
+# conversion to fp32 instead of two (results/bench/PERF.md, change 13).
 _CE_CHUNK_BYTES = {"cpu": 1 << 21}  # CPU: ~2 MB of fp32 logits per chunk (cache-sized)
 _CE_CHUNK_BYTES_OTHER = 1 << 30  # accelerators: few, large chunks (each one is a few kernel launches)
 
@@ -167,48 +171,52 @@ class _InPlaceCrossEntropy(torch.autograd.Function):
         t = targets.reshape(-1)
         valid = t != ignore_index
         t_safe = torch.where(valid, t, torch.zeros_like(t))
+        picked = x.gather(1, t_safe[:, None]).squeeze(1).float()  # read before the logits are overwritten
+        count = valid.sum().float()
+        weight = valid.float() / count  # d loss / d logit[n, v] = weight[n] * (softmax[n, v] - [v == t[n]])
         lse = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
         starts, step = _ce_chunks(x.shape[0], x.shape[1], x.device)
         for i in starts:
-            torch.logsumexp(x[i:i + step].float(), dim=-1, out=lse[i:i + step])
-        picked = x.gather(1, t_safe[:, None]).squeeze(1).float()
-        count = valid.sum().float()
+            c = x[i:i + step]
+            p = c if c.dtype == torch.float32 else c.float()
+            m = p.amax(-1, keepdim=True)
+            p.sub_(m).exp_()
+            total = p.sum(-1, keepdim=True)
+            torch.add(m.squeeze(-1), total.squeeze(-1).log(), out=lse[i:i + step])
+            p.mul_(weight[i:i + step, None] / total)
+            if p is not c:
+                c.copy_(p)
         loss = torch.where(valid, lse - picked, torch.zeros_like(lse)).sum() / count
-        ctx.save_for_backward(logits, t_safe, valid, lse, count)
+        target_grad = (torch.exp(picked - lse) - 1) * weight  # fp32, then rounded once to the logits' dtype
+        x.scatter_(1, t_safe[:, None], target_grad[:, None].to(x.dtype))
+        # The caller's logits now hold d loss / d logits. Not marked dirty (autograd allows a Function
+        # that modifies a view in place only one output), but the in-place writes bump the version
+        # counter, so an earlier op that saved these logits for its backward raises there.
+        ctx.save_for_backward(logits)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        logits, t_safe, valid, lse, count = ctx.saved_tensors
-        x = logits.view(-1, logits.shape[-1])
-        # d loss / d logit[n, v] = valid[n] * (softmax[n, v] - [v == t[n]]) * grad_loss / count
-        scale = valid.float() * (grad_loss.float() / count)  # [N]
-        starts, step = _ce_chunks(x.shape[0], x.shape[1], x.device)
-        # A positive scale folds into the exponent: scale * exp(x - lse) = exp(x - (lse - log scale)),
-        # one pass fewer (rows with scale 0, i.e. ignored targets, get exp(-inf) = 0). Checking the
-        # sign reads a scalar: free on a CPU, a sync on an accelerator, which keeps the multiply.
-        fold = x.device.type == "cpu" and float(grad_loss) > 0
-        shift = (lse - scale.log()) if fold else lse
-        neg_scale = -scale[:, None]
-        for i in starts:
-            c = x[i:i + step]
-            p = c if c.dtype == torch.float32 else c.float()
-            p.sub_(shift[i:i + step, None]).exp_()
-            if not fold:
-                p.mul_(scale[i:i + step, None])
-            p.scatter_add_(1, t_safe[i:i + step, None], neg_scale[i:i + step])
-            if p is not c:
-                c.copy_(p)
-        return logits, None, None
+        (g,) = ctx.saved_tensors
+        # Reading the scalar is free on a CPU (and lets the usual 1.0 skip a pass); elsewhere it would
+        # be a sync, so the multiply stays on the device.
+        if g.device.type == "cpu":
+            scale = float(grad_loss)
+            if scale != 1.0:
+                g.mul_(scale)
+        else:
+            g.mul_(grad_loss)
+        return g, None, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean token cross-entropy in fp32 of logits [..., V] against targets [...]; the same value and
     gradient as F.cross_entropy(logits.float().view(-1, V), targets.reshape(-1)).
 
-    The backward reuses the logits' storage for their gradient: pass logits that nothing else in the
-    graph needs (autograd raises, rather than computing garbage, if something does). Under
-    torch.compile and torch.func transforms the plain F.cross_entropy is used."""
+    With autograd on, the logits are CONSUMED: their storage is overwritten with their gradient
+    (so pass logits that nothing else needs; autograd raises, rather than computing garbage, if an
+    earlier op saved them for its backward). Without autograd, under torch.compile and under
+    torch.func transforms the plain F.cross_entropy is used and the logits are left alone."""
     if not (logits.requires_grad and logits.is_contiguous() and _custom_autograd_ok()):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
     return _InPlaceCrossEntropy.apply(logits, targets, ignore_index)
