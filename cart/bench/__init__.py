@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from cart.bench.host import allocator_tuned, tune_allocator
+from cart.runtime import allocator_tuned, omp_wait_policy, tune_allocator
 from cart.bench.suites import SUITES, Bench
 from cart.device import resolve_device
 
@@ -50,7 +50,7 @@ def run(suites: list[str] | None = None, quick: bool = False, device: str | torc
         log=lambda s: None) -> dict:
     """Run the named suites (default: all, in the order of SUITES) and return the JSON-ready result.
 
-    tune_malloc: apply `cart.bench.host.tune_allocator()` first (CPU: no page faults for the
+    tune_malloc: apply `cart.runtime.tune_allocator()` first (CPU: no page faults for the
     per-step reallocation of large tensors); recorded in meta["allocator_tuned"].
     threads: torch intra-op threads for the run (default: torch's choice). clock: "wall", or "cpu"
     (process CPU time; meaningful with threads=1 on a machine other processes keep busy)."""
@@ -76,7 +76,7 @@ def run(suites: list[str] | None = None, quick: bool = False, device: str | torc
             "quick": quick, "device": device_name(dev), "device_type": dev.type, "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "commit": _git_commit(), "suites": names, "argv": sys.argv[1:],
-            "allocator_tuned": allocator_tuned(), "clock": clock,
+            "allocator_tuned": allocator_tuned(), "clock": clock, "omp_wait_policy": omp_wait_policy(),
         },
         "suites": bench.results,
     }

@@ -119,11 +119,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
-    ap.add_argument("--tune-malloc", action="store_true", help="apply cart.bench.host.tune_allocator() first")
+    ap.add_argument("--tune-malloc", action="store_true", help="apply cart.runtime.tune_allocator() first")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds to keep waiting for uncontended samples")
     args = ap.parse_args(argv)
     if args.tune_malloc:
-        from cart.bench.host import tune_allocator
+        from cart.runtime import tune_allocator
         tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)

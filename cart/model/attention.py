@@ -56,8 +56,9 @@ EXPLICIT_ATTENTION_MAX_KEYS = 512
 
 
 def _explicit_attention_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
-            and not torch.compiler.is_compiling())
+    # also under torch.compile: inductor turns these plain ops into two GEMMs and one fused softmax,
+    # while SDPA stays ATen's slow bf16 kernel (compiled CART step 0.83x eager this way, 1.17x with SDPA)
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
 
 
 def _explicit_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,8 @@ class _InPlaceCrossEntropy(torch.autograd.Function):
                 c.copy_(p)
         loss = torch.where(valid, lse - picked, torch.zeros_like(lse)).sum() / count
         target_grad = (torch.exp(picked - lse) - 1) * weight  # fp32, then rounded once to the logits' dtype
-        x.scatter_(1, t_safe[:, None], target_grad[:, None].to(x.dtype))
+        # index_put_, not scatter_: ATen's CPU scatter into a bf16 tensor copies the whole of it first
+        x.index_put_((torch.arange(x.shape[0], device=x.device), t_safe), target_grad.to(x.dtype))
         # The caller's logits now hold d loss / d logits. Not marked dirty (autograd allows a Function
         # that modifies a view in place only one output), but the in-place writes bump the version
         # counter, so an earlier op that saved these logits for its backward raises there.

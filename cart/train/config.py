@@ -101,7 +101,9 @@ class TrainConfig:
     # ---- numerics and speed
     # auto: bf16 autocast where the device has native bf16 (GPUs with bf16; CPUs with AVX512-BF16/AMX), fp32 elsewhere
     dtype: Literal["auto", "fp32", "bf16"] = option("auto", "auto: bf16 autocast where native")
-    compile: bool = option(False, "torch.compile the model")
+    compile: bool = option(False, "torch.compile the forward pass and the loss")
+    # 0 = torch's default (one per physical core); OpenMP's wait policy: cart/runtime.py
+    threads: int = option(0, "CPU intra-op threads (0: torch's default)", non_negative)
     activation_checkpointing: bool = option(False, "recompute blocks in backward")
     loop_sampling: LoopSampling = option(help="training-time variable R", factory=LoopSampling)
     # attention stays inside each document packed into a training row (block-diagonal causal mask, also

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from cart.accounting import account
-from cart.bench.host import tune_allocator
+from cart.runtime import omp_wait_policy, omp_wait_policy_passive, set_threads, tune_allocator
 from cart import checkpoint as ckpt
 from cart.checkpoint import atomic_write_json, list_checkpoints
 from cart.config import CARTConfig, config_to_dict
@@ -130,6 +130,7 @@ class Trainer:
         mcfg = cfg.model
         if self.device.type == "cpu":  # reuse freed pages instead of page-faulting ~100 MB anew every step
             tune_allocator()
+            set_threads(cfg.threads)  # OpenMP's wait policy was fixed at `import cart` (cart/runtime.py)
 
         # ---- data
         self.manifest = Manifest.load(cfg.data)
@@ -177,10 +178,10 @@ class Trainer:
         self.truncation = TruncatedBackprop(self.model) if cfg.loop_sampling.backprop_loops else None
         self.fsdp = d.enabled and cfg.parallel == "fsdp"
         self.wrapped = distributed.wrap(self.model, d, cfg.parallel)  # the model, DDP(model), or the model sharded
-        self.fwd = self.wrapped
+        self.fwd = self._logits_and_loss
+        if cfg.compile:  # forward AND loss in one graph: the loss fuses with the head (no fp32 [N, V] copies)
+            self.fwd = torch.compile(self._logits_and_loss)
         self._check_memory()
-        if cfg.compile:
-            self.fwd = torch.compile(self.wrapped)
 
         # ---- optimizer, schedule, state
         self.optimizer = build_optimizer(self.model, cfg, self.device)
@@ -227,7 +228,9 @@ class Trainer:
         R = self.sampler.max_loops()
         x = torch.zeros(self.local_batch, self.cfg.seq_len, dtype=torch.long, device=self.device)
         try:
-            self._forward_backward(x, x, R, 1.0, stats=None, doc_ids=x if self.cfg.doc_masking else None)
+            # compiled: the stats dict as every step passes it (no recompile at step 1)
+            self._forward_backward(x, x, R, 1.0, stats={} if self.cfg.compile else None,
+                                   doc_ids=x if self.cfg.doc_masking else None)
         except Exception as e:
             if not _is_oom(e):
                 raise
@@ -261,13 +264,19 @@ class Trainer:
         window = self.truncation.window(R, grad_loops) if self.truncation else nullcontext()
         masking = {} if doc_ids is None else {"doc_ids": doc_ids}  # document masking (cfg.doc_masking)
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None), window:
-            logits = self.fwd(x, n_loops=n_loops, stats=stats, **masking)
-        if self.cfg.compile:  # the compiled graph's outputs stay with the plain loss
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
-        else:  # same value and gradient, without the [tokens, vocab] temporaries (cart.model.layers)
-            loss = cross_entropy(logits, y)
+            loss = self.fwd(x, y, n_loops, stats, **masking)
         (loss * scale).backward()
         return loss.detach()
+
+    def _logits_and_loss(self, x: torch.Tensor, y: torch.Tensor, n_loops: int | None, stats: dict | None,
+                         **masking) -> torch.Tensor:
+        """The model (through its DDP/FSDP wrapper) and the loss: eager, `cross_entropy` (the same value and
+        gradient without [tokens, vocab] temporaries, cart.model.layers); compiled, the plain loss, which
+        the compiler fuses itself."""
+        logits = self.wrapped(x, n_loops=n_loops, stats=stats, **masking)
+        if torch.compiler.is_compiling():
+            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
+        return cross_entropy(logits, y)
 
     def _train_step(self, step: int, log_now: bool) -> int:
         """One optimizer step (grad_accum micro-steps). Returns the R it ran. No host sync."""
@@ -388,6 +397,8 @@ class Trainer:
               "world_size": d.world_size, "device": device_name(self.device), "dtype": str(self.autocast or torch.float32),
               "stored_params": self.stored, "effective_params": self.effective, "tokens_per_step": cfg.tokens_per_step,
               "peak_flops": self.peak, "peak_flops_source": self.peak_source}
+        if self.device.type == "cpu":
+            ev.update(threads=torch.get_num_threads(), omp_wait_policy=omp_wait_policy())
         if self.resume_from is not None:
             ev["checkpoint"] = str(self.resume_from)
             changed = {k: [self.saved.get(k), v] for k, v in cfg.to_dict().items() if k not in RESUME_MUST_MATCH and self.saved.get(k) != v}
@@ -401,6 +412,9 @@ class Trainer:
         self.metrics.log(ev)
         if self.corrupt:
             self.metrics.note(f"warning: {ev['message']}")
+        if self.device.type == "cpu" and not omp_wait_policy_passive():
+            self.metrics.note(f"note: {omp_wait_policy()}; idle OpenMP threads spin, which slows training many times over "
+                              f"when other processes share these cores (cart/runtime.py)")
         self.metrics.note(f"training {cfg.model.kind} ({self.stored:,} stored / {self.effective:,} effective params) on "
                           f"{device_name(self.device)} x{d.world_size}, {cfg.tokens_per_step:,} tokens/step, "
                           f"steps {self.start_step} -> {cfg.steps}, run dir {self.run_dir}")

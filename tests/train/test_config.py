@@ -64,6 +64,7 @@ def test_unknown_preset_and_field_are_named():
     ("nonfinite", "ignore", "nonfinite must be one of"),
     ("seq_len", 128, "seq_len=128 exceeds the model's max_seq_len=64"),
     ("min_lr", 1.0, "min_lr"),
+    ("threads", -1, "threads must be an integer >= 0"),
 ])
 def test_bad_values_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):
