@@ -10,6 +10,7 @@ the measured one).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -21,7 +22,7 @@ import torch
 
 from cart.accounting import account, dense_for, parity
 from cart.bench.timing import ForeignLoad, measure
-from cart.config import CARTConfig, ModelConfig
+from cart.config import HEAD_DIM, CARTConfig, DenseConfig, ModelConfig
 from cart.model import build_model
 
 # ---------------------------------------------------------------------------------------------
@@ -42,9 +43,13 @@ class Sizes:
         return f"d={self.d_model} T={self.seq_len} V={self.vocab_size} B={self.batch_size} P{self.n_prelude} R{self.n_loops} {self.dtype}"
 
 
-CPU_SIZES = Sizes(d_model=256, seq_len=256, vocab_size=8192, batch_size=8)
+CPU_SIZES = Sizes(d_model=256, seq_len=256, vocab_size=8192, batch_size=8)  # issue 7's fp32 shape
+CPU_BF16_SIZES = Sizes(d_model=256, seq_len=256, vocab_size=8192, batch_size=8, dtype="bf16")
+# the README's main job (cart/presets/train/main.toml), in the precision it trains in on CPUs with native bf16
+MAIN_SIZES = Sizes(d_model=192, seq_len=256, vocab_size=8192, batch_size=16, n_prelude=2, n_loops=4, dtype="bf16")
 GPU_SIZES = Sizes(d_model=1024, seq_len=1024, vocab_size=32000, batch_size=8, dtype="bf16")
 QUICK_SIZES = Sizes(d_model=64, seq_len=32, vocab_size=512, batch_size=2)
+QUICK_BF16_SIZES = Sizes(d_model=64, seq_len=32, vocab_size=512, batch_size=2, n_prelude=2, n_loops=2, dtype="bf16")
 CONTENDERS = ("cart", "dense_stored", "dense_effective", "cart_unfrozen_kv")
 
 
@@ -82,10 +87,16 @@ class Bench:
             torch.cuda.synchronize(self.device)
 
     def sizes(self) -> list[Sizes]:
-        """Training sizes to run: the CPU width always; the paper's width too on a GPU."""
+        """Training sizes to run: the main job's shape and the d=256 bench shape in bf16, and d=256
+        in fp32 (issue 7's numbers); on a GPU the paper's d=1024 too."""
         if self.quick:
-            return [QUICK_SIZES]
-        return [CPU_SIZES, GPU_SIZES] if self.device.type == "cuda" else [CPU_SIZES]
+            return [QUICK_BF16_SIZES, QUICK_SIZES]
+        cpu = [MAIN_SIZES, CPU_BF16_SIZES, CPU_SIZES]
+        return cpu + [GPU_SIZES] if self.device.type == "cuda" else cpu
+
+    def bf16_sizes(self) -> list[Sizes]:
+        """The shapes the bf16 targets (and the peer comparison) are judged at."""
+        return [s for s in self.sizes() if s.dtype == "bf16"]
 
     def peak(self) -> dict:
         if self._peak is None:
@@ -489,7 +500,7 @@ def _cart_step_s(bench: Bench, s: Sizes) -> tuple[float, str]:
 def suite_compile(bench: Bench) -> dict:
     """Train step with the model's loss compiled by torch.compile (default mode) vs eager, for CART
     and the dense baseline at stored parity. The first compiled call (compilation) is timed apart."""
-    s = QUICK_SIZES if bench.quick else bench.sizes()[-1]
+    s = bench.sizes()[-1] if bench.device.type == "cuda" else bench.sizes()[0]  # CPU: the main job's shape, bf16
     cfgs = contender_configs(s)
     out: dict = {"status": "ok", "label": s.label(), "backend": bench.compile_backend, "contenders": {}}
     for k in ("cart", "dense_stored"):
@@ -520,6 +531,106 @@ def suite_compile(bench: Bench) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# a peer: Hugging Face transformers' Llama
+
+
+def llama_peer(cfg: DenseConfig):
+    """transformers.LlamaForCausalLM with exactly the architecture of cart's dense baseline `cfg`:
+    width, depth, heads of 64, SwiGLU width, RMSNorm eps, RoPE base, tied embedding, no biases, and
+    the same init std, so the same parameters and FLOPs per token. Raises ImportError without
+    transformers (`pip install 'cart[bench]'`)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if cfg.attention != "mha" or cfg.share_layers:
+        raise ValueError("the Llama peer mirrors the dense MHA baseline only")
+    lc = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+                     num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.d_model // HEAD_DIM,
+                     num_key_value_heads=cfg.d_model // HEAD_DIM, head_dim=HEAD_DIM, hidden_act="silu",
+                     max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, tie_word_embeddings=True,
+                     attention_bias=False, mlp_bias=False, initializer_range=cfg.init_std,
+                     rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_base)})
+    return LlamaForCausalLM(lc)
+
+
+def suite_peer(bench: Bench) -> dict:
+    """A real peer, in the same process, precision and harness: Hugging Face transformers'
+    LlamaForCausalLM (its default attention, SDPA, and its own loss: `model(input_ids, labels=...)`)
+    built as cart's dense baseline at effective parity (same width, depth, parameters and FLOPs per
+    token), against cart's dense model of that config and CART itself. Same train step otherwise:
+    bf16 autocast, backward, global-norm clip, fused AdamW."""
+    try:
+        import transformers
+    except ImportError as e:
+        return {"status": "skipped", "reason": f"transformers is not installed ({e}): pip install 'cart[bench]'"}
+    out: dict = {"status": "ok", "transformers": transformers.__version__,
+                 "peer": "transformers.LlamaForCausalLM (attn_implementation sdpa), dense at effective parity", "sizes": {}}
+    for s in bench.bf16_sizes():
+        bench.log(f"peer: {s.label()}")
+        cfgs = contender_configs(s)
+        torch.manual_seed(0)
+        cart = build_model(cfgs["cart"]).to(bench.device)
+        dense = build_model(cfgs["dense_effective"]).to(bench.device)
+        torch.manual_seed(0)
+        peer = llama_peer(cfgs["dense_effective"]).to(bench.device).train()
+        n_peer = sum(p.numel() for p in peer.parameters())
+        d_dense = describe(cfgs["dense_effective"], s.seq_len)
+        if n_peer != d_dense["stored_params"]:
+            return {"status": "failed", "error": f"Llama peer has {n_peer:,} parameters, cart dense {d_dense['stored_params']:,}"}
+
+        def peer_loss(inp, tgt, m=peer):
+            return m(input_ids=inp, labels=inp).loss  # HF shifts the labels itself
+
+        fns = {"hf_llama": make_train_step(peer, s, bench.device, loss_fn=peer_loss),
+               "dense_effective": make_train_step(dense, s, bench.device),
+               "cart": make_train_step(cart, s, bench.device)}
+        m = measure(fns, repeats=bench.n_repeats, warmup=1 if bench.quick else 2, sync=bench.sync,
+                    max_rounds=bench.max_rounds, time_budget_s=bench.budget_s, clock=bench.clock)
+        peak, peak_src = _mfu_peak(bench, s.dtype)
+        tokens = s.batch_size * s.seq_len
+        rows = {}
+        for k, cfg in (("hf_llama", cfgs["dense_effective"]), ("dense_effective", cfgs["dense_effective"]), ("cart", cfgs["cart"])):
+            t = m.timings[k].summary()
+            d = describe(cfg, s.seq_len)
+            if k == "hf_llama":
+                d["model"] = f"HF Llama {cfg.n_layers}L (transformers {transformers.__version__})"
+            flops = d["train_flops_per_token"] * tokens
+            rows[k] = {**d, **t, "tokens_per_s": tokens / t["median_s"], "flops_per_step": flops,
+                       "achieved_flops": flops / t["median_s"], "mfu": flops / t["median_s"] / peak if peak else None}
+        t_dense = m.paired_ratio("hf_llama", "dense_effective")  # t_peer / t_dense
+        t_cart = m.paired_ratio("hf_llama", "cart")
+        ratios = {"dense_vs_peer_tokens_per_s": t_dense,
+                  "cart_vs_peer_tokens_per_s": t_cart,
+                  "cart_vs_peer_flops_per_s": t_cart * rows["cart"]["flops_per_step"] / rows["hf_llama"]["flops_per_step"]}
+        out["sizes"][s.label()] = {"label": s.label(), "peak_flops": peak, "peak_source": peak_src, "contenders": rows,
+                                   "ratios": ratios, "rounds": m.rounds}
+        del cart, dense, peer, fns
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# under load
+
+
+def suite_load(bench: Bench) -> dict:
+    """CART training (the main job's shape) in a child process, quiet vs beside one busy-looping
+    process per core, with cart's default OpenMP wait policy and with OpenMP's own (spinning)
+    default; see `cart.bench.load`."""
+    from cart.bench import load
+
+    if bench.device.type != "cpu":
+        return {"status": "skipped", "reason": "the load suite measures CPU training"}
+    if not hasattr(os, "sched_getaffinity"):
+        return {"status": "skipped", "reason": "needs Linux (sched_getaffinity)"}
+    size = "quick" if bench.quick else "main"
+    kw = dict(steps_per_phase=2, rounds=1, phase_timeout_s=30.0, settle_s=0.1) if bench.quick else {}
+    out: dict = {"status": "ok", "size": (QUICK_BF16_SIZES if bench.quick else MAIN_SIZES).label(), "policies": {}}
+    for name, env in load.POLICIES.items():
+        bench.log(f"load: {name}")
+        out["policies"][name] = {"env": env, **load.under_load(size, env, **kw)}
+    return out
+
+
 SUITES: dict[str, Callable[[Bench], dict]] = {
     "peak": suite_peak,
     "train": suite_train,
@@ -528,6 +639,8 @@ SUITES: dict[str, Callable[[Bench], dict]] = {
     "cache": suite_cache,
     "data": suite_data,
     "compile": suite_compile,
+    "peer": suite_peer,
+    "load": suite_load,
 }
 
 __all__ = ["SUITES", "Bench", "Sizes", "CPU_SIZES", "GPU_SIZES", "QUICK_SIZES", "contender_configs",

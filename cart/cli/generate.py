@@ -23,10 +23,10 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="prepared data dir with manifest.json")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--mla-cache", default="latent", choices=["latent", "latent_k", "kv"],
+    p.add_argument("--mla-cache", default="auto", choices=["auto", "latent", "latent_k", "kv"],
                    help="what MLA layers cache: the d/4 latent (smallest; K re-projected every step), the latent "
                         "plus the rotated K (5x the bytes), or rotated K and V (8x); faster at large batch x "
-                        "context; same tokens every way")
+                        "context; same tokens every way. auto (default): latent at batch 1, latent_k for batches")
     p.add_argument("--no-bos", action="store_true", help="do not start the prompt with BOS")
     p.add_argument("--no-stream", action="store_true", help="print the text only at the end")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating after EOS")

@@ -78,7 +78,7 @@ def generate(
     dtype: str | torch.dtype | None = None,
     on_token: Callable[[int, list[int]], None] | None = None,
     truncate: bool = False,
-    mla_layout: str = "latent",
+    mla_layout: str = "auto",
 ) -> Generation:
     """Sample up to max_new_tokens after each prompt (prompts of one batch have equal length).
 
@@ -86,7 +86,7 @@ def generate(
     A prompt longer than the model's context raises, unless truncate=True keeps its last tokens.
     mla_layout: what MLA layers cache: "latent" (d/4 per token), "latent_k" (plus the rotated K:
     5x the bytes) or "kv" (rotated K and V: 8x); the last two skip the per-step re-projection of K
-    (`cart.model.cache`). Same tokens every way.
+    (`cart.model.cache`); "auto" (default): latent at batch 1, latent_k for batches. Same tokens every way.
     """
     if device is None:
         device = next(model.parameters()).device
@@ -178,7 +178,7 @@ class TextStreamer:
 @torch.inference_mode()  # no autograd bookkeeping (version counters, view tracking) per op
 def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_tokens: int, n_loops: int | None = None,
                  *, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None,
-                 warmup_tokens: int = 2, seed: int = 0, mla_layout: str = "latent") -> dict:
+                 warmup_tokens: int = 2, seed: int = 0, mla_layout: str = "auto") -> dict:
     """Greedy cached decoding speed: tokens_per_s = batch_size * new_tokens / decode time (after a
     prefill of prompt_len random tokens), and the cache's bytes per token at the end."""
     if device is None:
@@ -220,7 +220,7 @@ def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_t
         "decode_s": decode_s,
         "prefill_s": prefill_s,
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
-        "n_loops": model.resolve_loops(n_loops), "mla_layout": mla_layout,
+        "n_loops": model.resolve_loops(n_loops), "mla_layout": cache.mla_layout,
     }
 
 

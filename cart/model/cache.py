@@ -12,6 +12,9 @@ token), the CART anchor stores K/V once for all loops, dense MHA stores full K a
   absorbed (the softmax weights act on the latents, then W_vup per head).
 - "kv": the rotated K and the V of every position (2d per token, like MHA, 8x the latent): no
   re-projection, so a decode step costs what a dense layer's does.
+- "auto" (what generation uses by default): "latent" at batch 1, where the step is bound by streaming
+  the weights and the smallest cache costs nothing, "latent_k" when batched, where re-projecting K
+  for every cached position and sequence makes "latent" 0.85x dense (results/bench/PERF.md).
 Every layout gives the same logits (tests/eval/test_cache.py); they differ in bytes and speed
 (results/bench/PERF.md).
 A cache also memoises values that depend only on the parameters (CART's loop constants), which
@@ -26,10 +29,18 @@ import torch
 MLA_LAYOUTS = ("latent", "latent_k", "kv")
 
 
+def resolve_mla_layout(mla_layout: str, batch_size: int) -> str:
+    """"auto" -> "latent" at batch 1, "latent_k" for batches; any other layout as given (validated)."""
+    if mla_layout == "auto":
+        return "latent" if batch_size == 1 else "latent_k"
+    if mla_layout not in MLA_LAYOUTS:
+        raise ValueError(f"DecodeCache: mla_layout must be 'auto' or one of {', '.join(MLA_LAYOUTS)}; got {mla_layout!r}")
+    return mla_layout
+
+
 class DecodeCache:
     def __init__(self, batch_size: int, max_len: int, mla_layout: str = "latent"):
-        if mla_layout not in MLA_LAYOUTS:
-            raise ValueError(f"DecodeCache: mla_layout must be one of {', '.join(MLA_LAYOUTS)}; got {mla_layout!r}")
+        mla_layout = resolve_mla_layout(mla_layout, batch_size)
         if batch_size < 1 or max_len < 1:
             raise ValueError(f"DecodeCache: batch_size and max_len must be >= 1; got {batch_size}, {max_len}")
         self.batch_size = batch_size

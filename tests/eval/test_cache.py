@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from cart.eval.generate import decode_speed
 from cart.model import DecodeCache
 
 from tests.eval.helpers import tiny_cart, tiny_dense
@@ -109,6 +110,15 @@ def test_latent_decode_attention_never_forms_k():
 def test_unknown_mla_layout_is_refused():
     with pytest.raises(ValueError, match="mla_layout.*'full'"):
         DecodeCache(1, 4, "full")
+
+
+def test_auto_layout_is_latent_alone_and_latent_k_batched():
+    assert DecodeCache(1, 4, "auto").mla_layout == "latent"
+    assert DecodeCache(2, 4, "auto").mla_layout == "latent_k"
+    model = VARIANTS["cart-stable"]()
+    for bs, layout in ((1, "latent"), (3, "latent_k")):
+        g = decode_speed(model, bs, 4, 3, warmup_tokens=0)  # generation's default is "auto"
+        assert g["mla_layout"] == layout
 
 
 def test_loop_constants_computed_once_per_generation():

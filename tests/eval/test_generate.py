@@ -79,7 +79,7 @@ def test_text_streamer_waits_for_whole_characters():
 
 def test_decode_speed_reports_throughput_and_cache():
     model = tiny_cart()
-    r = decode_speed(model, batch_size=2, prompt_len=8, new_tokens=4)
+    r = decode_speed(model, batch_size=2, prompt_len=8, new_tokens=4, mla_layout="latent")
     assert r["tokens_per_s"] > 0 and r["cache_bytes_per_token"] == (2 * 16 + 2 * 64) * 4
     dense = decode_speed(tiny_dense(), 1, 8, 4)
     assert dense["cache_bytes_per_token"] == 2 * 2 * 64 * 4
