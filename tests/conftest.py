@@ -1,5 +1,6 @@
 import os
 
+import cart  # noqa: F401  -- before torch: idle OpenMP threads sleep (cart/runtime.py), so a busy machine slows tests fairly
 import pytest
 import torch
 

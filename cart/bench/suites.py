@@ -341,8 +341,10 @@ def suite_generate(bench: Bench) -> dict:
     cfgs = {k: v for k, v in contender_configs(s, max_seq_len=max(s.seq_len, prompt + new)).items()}
     torch.manual_seed(0)
     built = {k: build_model(c).to(bench.device).eval() for k, c in cfgs.items()}
-    # contender -> (model, MLA cache layout): the same CART also decodes with rotated K/V cached
-    runs = {k: (k, "latent") for k in cfgs} | {"cart_latent_k_cache": ("cart", "latent_k"), "cart_kv_cache": ("cart", "kv")}
+    # contender -> (model, MLA cache layout): CART with generation's default ("auto": latent at batch 1,
+    # latent_k batched) and with each layout named; the dense models have no MLA layers
+    runs = {k: (k, "auto" if k == "cart" else "latent") for k in cfgs} | {
+        "cart_latent_cache": ("cart", "latent"), "cart_latent_k_cache": ("cart", "latent_k"), "cart_kv_cache": ("cart", "kv")}
     models = {name: built[k] for name, (k, _) in runs.items()}
     dtype = "bf16" if bench.device.type == "cuda" else "fp32"
     out: dict = {"status": "ok", "label": f"d={s.d_model} V={s.vocab_size} P{s.n_prelude} R{s.n_loops} {dtype}",
@@ -360,20 +362,20 @@ def suite_generate(bench: Bench) -> dict:
                     res = decode_speed(models[k], bs, prompt, new, device=bench.device, dtype=dtype, mla_layout=layout)
                 if bench.clock == "cpu":  # the same decoding, timed with this process's CPU time
                     res = {**res, "wall_tokens_per_s": res["tokens_per_s"],
-                           "tokens_per_s": _decode_cpu_tokens_per_s(models[k], bs, prompt, new, bench.device, layout)}
+                           "tokens_per_s": _decode_cpu_tokens_per_s(models[k], bs, prompt, new, bench.device, res["mla_layout"])}
                 samples[k].append((res["tokens_per_s"], fl.cores, res))
         rows = {}
         for k, ss in samples.items():
             clean = [x for x in ss if x[1] is not None and x[1] < 0.25]
             use = clean if len(clean) >= min(2, len(ss)) else ss
-            rows[k] = {**describe(cfgs[runs[k][0]], prompt + new), "mla_cache": runs[k][1],
+            rows[k] = {**describe(cfgs[runs[k][0]], prompt + new), "mla_cache": ss[-1][2]["mla_layout"],
                        "tokens_per_s": statistics.median(x[0] for x in use),
                        "samples_tokens_per_s": [x[0] for x in ss], "n_clean": len(clean), "contended": use is ss and len(clean) < len(ss),
                        "prefill_tokens_per_s": statistics.median(x[2]["prefill_tokens_per_s"] for x in use),
                        "cache_bytes_per_token": ss[-1][2]["cache_bytes_per_token"]}
         ratios = {f"cart_vs_{b}_tokens_per_s": rows["cart"]["tokens_per_s"] / rows[b]["tokens_per_s"]
                   for b in ("dense_stored", "dense_effective", "cart_unfrozen_kv")}
-        for lay in ("latent_k", "kv"):
+        for lay in ("latent", "latent_k", "kv"):
             ratios[f"cart_{lay}_cache_vs_dense_effective_tokens_per_s"] = (
                 rows[f"cart_{lay}_cache"]["tokens_per_s"] / rows["dense_effective"]["tokens_per_s"])
         out["batches"][str(bs)] = {"contenders": rows, "ratios": ratios}
