@@ -524,6 +524,12 @@ def suite_compile(bench: Bench) -> dict:
         m = measure({"eager": make_train_step(eager, s, bench.device), "compiled": step_c}, repeats=bench.n_repeats,
                     warmup=1, sync=bench.sync, max_rounds=bench.max_rounds, time_budget_s=bench.budget_s, clock=bench.clock)
         te, tc = m.timings["eager"].summary(), m.timings["compiled"].summary()
+        tokens = s.batch_size * s.seq_len
+        flops = describe(cfgs[k], s.seq_len)["train_flops_per_token"] * tokens
+        peak, _ = _mfu_peak(bench, s.dtype)
+        for t in (te, tc):
+            t["tokens_per_s"] = tokens / t["median_s"]
+            t["mfu"] = flops / t["median_s"] / peak if peak else None
         out["contenders"][k] = {"status": "ok", "compile_s": compile_s, "eager": te, "compiled": tc,
                                 "speedup": m.paired_ratio("eager", "compiled")}
         del eager, comp, step_c
