@@ -61,6 +61,20 @@ def _explicit_attention_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
 
 
+_CAUSAL_BIAS: dict[tuple, torch.Tensor] = {}
+
+
+def _causal_bias(T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[T, T]: 0 on and below the diagonal, -inf above. The top-left corner of one table per (dtype,
+    device) for the longest sequence the explicit path takes (512 KB in bf16), built once."""
+    key = (dtype, device)
+    if key not in _CAUSAL_BIAS:
+        n = EXPLICIT_ATTENTION_MAX_KEYS
+        upper = torch.ones(n, n, dtype=torch.bool, device=device).triu_(1)
+        _CAUSAL_BIAS[key] = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(upper, float("-inf"))
+    return _CAUSAL_BIAS[key][:T, :T]
+
+
 def _explicit_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Square causal attention [B, H, T, D] as baddbmm (scores + the -inf mask above the diagonal, in
     one GEMM), softmax and bmm. The scores are rounded to bf16 before the softmax (as in any bf16
@@ -68,9 +82,8 @@ def _explicit_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     output and gradient errors are 1.3-1.8x the flash kernel's, both at the bf16 level (~1e-2 at
     most; tests/model/test_model.py)."""
     B, H, T, D = q.shape
-    upper = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
-    bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(upper, float("-inf"))
-    s = torch.baddbmm(bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2), alpha=D ** -0.5)
+    s = torch.baddbmm(_causal_bias(T, q.dtype, q.device), q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
+                      alpha=D ** -0.5)
     return torch.bmm(torch.softmax(s, dim=-1), v.reshape(B * H, T, D)).view(B, H, T, D)
 
 
@@ -198,7 +211,8 @@ class AnchorKV(nn.Module):
 
     def forward(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.w_kv_up(self.w_down(e)).split(self.d, dim=-1)
-        return _heads(k, self.n_heads), _heads(v, self.n_heads)
+        # contiguous per head once here, rather than a layout copy in each of the R loops that read them
+        return _heads(k, self.n_heads).contiguous(), _heads(v, self.n_heads).contiguous()
 
 
 class CrossAttention(nn.Module):

@@ -131,7 +131,9 @@ class Rotary(nn.Module):
         cos = self.cos[start:start + T].to(x.dtype)
         sin = self.sin[start:start + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
+        # the concatenation is contiguous [B, H, T, D], and the result takes its layout: attention can
+        # then view heads as one batch without copying (x itself is usually a transposed view)
+        return torch.addcmul(torch.cat((x2, x1), dim=-1) * sin, x, cos)
 
 
 def init_weights(module: nn.Module, std: float) -> None:
