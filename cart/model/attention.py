@@ -2,7 +2,9 @@
 
 Every attention here is causal, including the core's cross-attention over the frozen anchor: the
 published code once let h[t] read e[t+1] (which encodes the target) and its runs collapsed to
-ppl ~ 1.02 (SPEC §6.1). All kernels go through `scaled_dot_product_attention`.
+ppl ~ 1.02 (SPEC §6.1). Kernels: `scaled_dot_product_attention`, except square causal attention
+in bf16 on a CPU (training, prefill; up to 512 keys), which is faster as two bf16 batched matmuls
+and a softmax (`_explicit_causal`).
 
 Notable:
 - MLA (multi-head latent attention): K and V are up-projected from a d/4 latent; the decode
@@ -80,7 +82,7 @@ def _explicit_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     one GEMM), softmax and bmm. The scores are rounded to bf16 before the softmax (as in any bf16
     matmul attention); the flash kernel keeps them in fp32. Measured against an fp32 reference, the
     output and gradient errors are 1.3-1.8x the flash kernel's, both at the bf16 level (~1e-2 at
-    most; tests/model/test_model.py)."""
+    most; tests/model/test_attention.py)."""
     B, H, T, D = q.shape
     s = torch.baddbmm(_causal_bias(T, q.dtype, q.device), q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
                       alpha=D ** -0.5)
