@@ -77,15 +77,18 @@ def _causal_bias(T: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return _CAUSAL_BIAS[key][:T, :T]
 
 
-def _explicit_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _explicit_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Square causal attention [B, H, T, D] as baddbmm (scores + the -inf mask above the diagonal, in
-    one GEMM), softmax and bmm. The scores are rounded to bf16 before the softmax (as in any bf16
-    matmul attention); the flash kernel keeps them in fp32. Measured against an fp32 reference, the
-    output and gradient errors are 1.3-1.8x the flash kernel's, both at the bf16 level (~1e-2 at
+    one GEMM), softmax and bmm; `doc_mask` (bool [B, 1, T, T], causal already) also blanks the
+    scores across document boundaries. The scores are rounded to bf16 before the softmax (as in any
+    bf16 matmul attention); the flash kernel keeps them in fp32. Measured against an fp32 reference,
+    the output and gradient errors are 1.3-1.8x the flash kernel's, both at the bf16 level (~1e-2 at
     most; tests/model/test_attention.py)."""
     B, H, T, D = q.shape
     s = torch.baddbmm(_causal_bias(T, q.dtype, q.device), q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
                       alpha=D ** -0.5)
+    if doc_mask is not None:
+        s = s.view(B, H, T, T).masked_fill(~doc_mask, float("-inf")).view(B * H, T, T)
     return torch.bmm(torch.softmax(s, dim=-1), v.reshape(B * H, T, D)).view(B, H, T, D)
 
 
@@ -93,6 +96,8 @@ def causal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_mask: t
     """Causal attention where the Tq queries are the LAST Tq of the Tk key positions; with `doc_mask`
     (from `document_mask`, square shapes only) the causal mask is also cut at document boundaries."""
     if doc_mask is not None:
+        if _explicit_attention_ok(q, k):
+            return _explicit_causal(q, k, v, doc_mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=doc_mask)
     Tq, Tk = q.shape[-2], k.shape[-2]
     if Tq == Tk:
