@@ -241,3 +241,15 @@ def test_ab_against_a_git_revision(capsys):
     assert ab.main(["--rev", "HEAD", "--d", "64", "--seq", "16", "--vocab", "128", "--batch", "1", "--repeats", "1",
                     "--budget", "1"]) == 0
     assert "after/before" in capsys.readouterr().out
+
+
+def test_profile_categorises_a_real_step():
+    from cart.bench.profile import category, profile_step
+
+    assert category("aten::mm") == "matmul (projections, head)"
+    assert category("aten::_scaled_dot_product_flash_attention_for_cpu_backward").startswith("attention")
+    assert category("aten::exp_").startswith("cross-entropy") and category("aten::copy_").startswith("copies")
+    assert category("something::new") == "framework / other"
+    r = profile_step("main", "dense_stored", threads=1, steps=1, top=5)
+    assert abs(sum(r["categories"].values()) - 1) < 1e-6 and r["categories"]["matmul (projections, head)"] > 0.2
+    assert len(r["top"]) == 5 and r["top"][0][0] == "aten::mm"
