@@ -29,7 +29,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "train"
 # TrainConfig fields added after runs and studies were recorded, with the value every earlier run had:
 # a checkpoint without them resumes as that value, and at that value they stay out of a study's run
 # spec, so the run keys of existing studies do not change
-ADDED_FIELDS: dict[str, Any] = {"doc_masking": False}
+ADDED_FIELDS: dict[str, Any] = {"doc_masking": False, "threads": 0}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def losses(run_dir):
 
 
 def test_config_field():
-    assert TrainConfig().doc_masking is False and ADDED_FIELDS == {"doc_masking": False}
+    assert TrainConfig().doc_masking is False and ADDED_FIELDS["doc_masking"] is False
     assert TrainConfig(doc_masking=True).doc_masking is True
     with pytest.raises(ValueError, match="TrainConfig.doc_masking must be true/false"):
         TrainConfig(doc_masking="yes")
