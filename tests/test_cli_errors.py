@@ -24,13 +24,14 @@ from tests.eval.helpers import MC_ITEMS, mc_rows, save_checkpoint, tiny_cart, wr
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A workspace holding everything the bad invocations point at, built once."""
-    from cart.data import Manifest, prepare
+def env(tmp_path_factory, smoke_data):
+    """A workspace holding everything the bad invocations point at, built once; the session's smoke data is
+    copied in, because the default data root (./data, $CART_DATA_DIR) must lie inside the workspace's snapshot."""
+    from cart.data import Manifest
     from cart.data.sources import ARTIFACTS
 
     root = tmp_path_factory.mktemp("cli")
-    data = prepare("smoke", data_root=root / "data", log=lambda *a: None)
+    data = Path(shutil.copytree(smoke_data, root / "data" / "smoke"))
     vocab = Manifest.load(data).vocab_size
     torch.manual_seed(0)
     save_checkpoint(tiny_cart(vocab=vocab, max_seq_len=128), root / "run", data_dir=data)

@@ -1,18 +1,30 @@
 """The timing harness: alternation, clean-sample selection and paired ratios (synthetic data, no timing asserts)."""
-import itertools
+from types import SimpleNamespace
+
+import pytest
 
 from cart.bench import timing
 from cart.bench.timing import Measurement, Timing, measure
 
 
-def test_measure_alternates_and_counts():
+def test_measure_alternates_and_counts(monkeypatch):
+    clock = {"t": 0.0}
+
+    def work(name, seconds):
+        def run():
+            calls.append(name)
+            clock["t"] += seconds  # each call takes a known time on a fake clock
+        return run
+
     calls = []
-    m = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1, max_rounds=3)
+    monkeypatch.setitem(timing.CLOCKS, "wall", lambda: clock["t"])
+    m = measure({"a": work("a", 1.0), "b": work("b", 3.0)}, repeats=3, warmup=1, max_rounds=3)
     assert calls[:2] == ["a", "b"]  # warm-up
     assert calls.count("a") == calls.count("b") == 1 + m.rounds
     assert calls[2:4] == ["a", "b"] and calls[4:6] == ["b", "a"]  # order rotates each round
-    for t in m.timings.values():
-        assert len(t.samples_s) == m.rounds and t.median_s >= 0
+    for name, t in m.timings.items():
+        assert len(t.samples_s) == m.rounds and t.samples_s == [{"a": 1.0, "b": 3.0}[name]] * m.rounds
+    assert m.paired_ratio("b", "a") == 3.0
 
 
 def test_clean_samples_preferred():
@@ -32,12 +44,26 @@ def test_paired_ratio_uses_same_round():
 
 
 def test_foreign_load_reading(monkeypatch):
-    ticks = itertools.count(0, 50)  # the machine's busy time grows 0.5 s per read
-    monkeypatch.setattr(timing, "_sys_busy_s", lambda: next(ticks) / 100)
+    """cores = (machine busy time - this process's CPU time) / wall time, clamped at 0; None when /proc/stat is unreadable."""
+    def readings(*values):
+        it = iter(values)
+        return lambda: next(it)
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=readings(100.0, 102.0)))
+    monkeypatch.setattr(timing, "_sys_busy_s", readings(10.0, 10.9))  # the machine: 0.9 s busy
+    monkeypatch.setattr(timing, "_own_cpu_s", readings(1.0, 1.3))  # of which this process: 0.3 s
     with timing.ForeignLoad() as fl:
         pass
-    assert fl.cores is None or fl.cores >= 0
+    assert fl.wall == 2.0 and fl.cores == pytest.approx(0.3)
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=readings(100.0, 101.0)))
+    monkeypatch.setattr(timing, "_sys_busy_s", readings(10.0, 10.01))  # one tick: less than this process's own CPU
+    monkeypatch.setattr(timing, "_own_cpu_s", readings(1.0, 1.2))
+    with timing.ForeignLoad() as fl:
+        pass
+    assert fl.cores == 0.0
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=readings(100.0, 101.0)))
     monkeypatch.setattr(timing, "_sys_busy_s", lambda: None)
+    monkeypatch.setattr(timing, "_own_cpu_s", readings(1.0, 1.2))
     with timing.ForeignLoad() as fl:
         pass
     assert fl.cores is None

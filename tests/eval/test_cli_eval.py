@@ -8,12 +8,12 @@ from tests.eval.helpers import LAMBADA_ITEMS, MC_ITEMS, lambada_rows, mc_rows, s
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Smoke data prepared by cart.data, a tiny random model for its tokenizer, and a task folder."""
-    from cart.data import Manifest, prepare
+def run(tmp_path_factory, smoke_data):
+    """The session's smoke data (prepared by cart.data), a tiny random model for its tokenizer, and a task folder."""
+    from cart.data import Manifest
 
     root = tmp_path_factory.mktemp("cli")
-    data = prepare("smoke", data_root=root / "data", log=lambda *a: None)
+    data = smoke_data
     vocab = Manifest.load(data).vocab_size
     run_dir = root / "run"
     save_checkpoint(tiny_cart(vocab=vocab, max_seq_len=128), run_dir, data_dir=data)

@@ -80,12 +80,6 @@ def test_bigram_beats_unigram_on_its_training_text_and_bpb_is_consistent():
     assert r.bigram_kn_bpb == pytest.approx(math.log(r.bigram_kn_ppl) * r.tokens / (math.log(2) * 12345))
 
 
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-    from cart.data import prepare
-    return prepare("smoke", data_root=tmp_path_factory.mktemp("ng") / "data", log=lambda *a, **k: None)
-
-
 @pytest.mark.parametrize("wrap", [False, True])  # a few steps, or until every domain wrapped (plus a partial epoch)
 def test_the_tokens_a_run_saw_are_the_loaders_batches(smoke_data, wrap):
     from cart.data import Manifest, TrainLoader

@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,18 @@ def log_lines(log: Path, kind: str) -> list[str]:
     if not log.exists():
         return []
     return [line.split()[1] for line in log.read_text().splitlines() if line.startswith(kind + " ")]
+
+
+def wait_until(pred, what: str, timeout: float = 60.0, poll: float = 0.02):
+    """Poll `pred` until it returns something truthy (returned); fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (got := pred()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(poll)
+    return got
+
+
+def progress(run_dir: Path) -> int:
+    """The step a fake run has checkpointed (0 before its first)."""
+    p = run_dir / "progress"
+    return int(p.read_text()) if p.exists() else 0

@@ -3,10 +3,12 @@
 usage: python fake_runner.py RUN_DIR
 
 Reads the run's inputs (run.json or request.json), "trains" for FAKE_STEPS steps of FAKE_STEP_S
-seconds each, checkpointing its step to RUN_DIR/progress so a new attempt resumes, appends
-`start`/`done` lines to FAKE_LOG (O_APPEND, one write per line), and writes metrics.jsonl +
-summary.json (or eval.json) with a deterministic, paper-shaped perplexity.
+seconds each, checkpointing its step to RUN_DIR/progress (atomically, as the real trainer does) so a
+new attempt resumes, appends `start`/`done` lines to FAKE_LOG (O_APPEND, one write per line), and
+writes metrics.jsonl + summary.json (or eval.json) with a deterministic, paper-shaped perplexity.
 Failure injection: FAKE_FAIL_ALWAYS / FAKE_FAIL_ONCE = a substring of run directory names.
+Rendezvous: FAKE_GATE = a folder and FAKE_GATE_N = n: a training run first marks its worker (the parent
+process) in the folder, then waits (at most 60 s) until runs of n different workers have started.
 """
 import json
 import math
@@ -25,6 +27,23 @@ def log(line: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(fd, (line + "\n").encode())
         os.close(fd)
+
+
+def checkpoint(path: Path, step: int) -> None:
+    """Write the step whole or not at all: a kill mid-write leaves the previous checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(step))
+    os.replace(tmp, path)
+
+
+def rendezvous() -> None:
+    gate, n = os.environ.get("FAKE_GATE"), int(os.environ.get("FAKE_GATE_N", "0"))
+    if not gate:
+        return
+    (Path(gate) / str(os.getppid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(Path(gate).iterdir())) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def ppl_of(model: dict, seed: int, steps: int) -> float:
@@ -80,6 +99,7 @@ def main() -> int:
         log(f"done {name}")
         return 0
     cfg = json.loads((run_dir / "run.json").read_text())
+    rendezvous()
     with open(run_dir / "metrics.jsonl", "a") as f:
         for step in range(start + 1, steps + 1):
             time.sleep(step_s)
@@ -87,7 +107,7 @@ def main() -> int:
                    "contraction": [0.5, 0.6]}
             f.write(json.dumps(rec) + "\n")
             f.flush()
-            prog.write_text(str(step))
+            checkpoint(prog, step)
     p = ppl_of(cfg["model"], cfg["seed"], cfg.get("steps", 10))
     final = {s: {"loss": math.log(p * (i + 1)), "ppl": p * (i + 1), "bpb": 1.0 + i, "out_of_domain": i == len(SETS) - 1,
                  "tokens": 1000, "bigram_kn_ppl": 3 * p * (i + 1), "unigram_ppl": 9 * p * (i + 1)}

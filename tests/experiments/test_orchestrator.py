@@ -10,7 +10,7 @@ from collections import Counter
 from cart.experiments.orchestrator import Worker
 from cart.experiments.store import Store
 
-from .conftest import fake_command, log_lines, make_study
+from .conftest import fake_command, log_lines, make_study, progress, wait_until
 
 
 def _work(path, name, lease_s, hb_s):
@@ -31,7 +31,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_concurrent_workers_run_each_run_once(tmp_path, fake_env, monkeypatch):
-    monkeypatch.setenv("FAKE_STEP_S", "0.1")  # long enough that every worker gets a share, even on a loaded machine
+    # no run passes its first step before all three workers hold one: every worker gets a share, however loaded the machine
+    (tmp_path / "gate").mkdir()
+    monkeypatch.setenv("FAKE_GATE", str(tmp_path / "gate"))
+    monkeypatch.setenv("FAKE_GATE_N", "3")
     make_study(tmp_path, 9)
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_work, args=(tmp_path, f"w{i}", 30, 0.1)) for i in range(3)]
@@ -44,32 +47,27 @@ def test_concurrent_workers_run_each_run_once(tmp_path, fake_env, monkeypatch):
     assert len(dones) == 9 and set(dones.values()) == {1} and set(starts.values()) == {1}
     with Store(tmp_path) as s:
         assert s.counts()["done"] == 9
-        assert len({a["worker"] for a in s.attempts()}) >= 2  # the work really was shared
+        assert len({a["worker"] for a in s.attempts()}) == 3  # the work really was shared
         assert all(len(s.attempts(r.id)) == 1 for r in s.runs())
 
 
 def test_killed_worker_run_resumes_and_plan_completes(tmp_path, fake_env, monkeypatch):
-    monkeypatch.setenv("FAKE_STEPS", "20")
-    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    monkeypatch.setenv("FAKE_STEPS", "100000")  # the victim's run cannot finish before the kill, however slow the machine
     make_study(tmp_path, 3)
     ctx = mp.get_context("fork")
     victim = ctx.Process(target=_work, args=(tmp_path, "victim", 1.0, 0.1))
     victim.start()
-    deadline = time.time() + 30
-    while time.time() < deadline and not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/progress")):
-        time.sleep(0.05)
-        assert time.time() < deadline, "the victim never started a run"
-    time.sleep(0.3)  # a few steps in
+    run_dir = wait_until(lambda: next((tmp_path / "runs").glob("*"), None) if (tmp_path / "runs").is_dir() else None,
+                         "the victim to start a run")
+    wait_until(lambda: progress(run_dir) >= 2, "the victim's run to checkpoint two steps")
     child_pid = int(fake_env.read_text().split("start ")[1].split()[1])
     os.kill(victim.pid, signal.SIGKILL)
     victim.join()
-    t = time.time()
-    while _alive(child_pid) and time.time() - t < 5:
-        time.sleep(0.05)
-    assert not _alive(child_pid), "the killed worker's child kept running (no PDEATHSIG?)"
+    wait_until(lambda: not _alive(child_pid), "the killed worker's child to die (no PDEATHSIG?)", timeout=10)
     with Store(tmp_path) as s:
         assert s.counts()["running"] == 1  # still marked running until its lease expires
-    monkeypatch.setenv("FAKE_STEPS", "3")  # the others finish fast; the resumed one is past step 3 already
+    killed_at = progress(run_dir)  # the child is dead: its last checkpoint is final
+    monkeypatch.setenv("FAKE_STEPS", str(killed_at + 2))  # the resumed run trains two more steps
     _work(tmp_path, "survivor", 1.0, 0.1)
     dones = Counter(log_lines(fake_env, "done"))
     assert len(dones) == 3 and set(dones.values()) == {1}
@@ -79,10 +77,9 @@ def test_killed_worker_run_resumes_and_plan_completes(tmp_path, fake_env, monkey
         outcomes = sorted(tuple(a["outcome"] for a in s.attempts(r.id)) for r in s.runs())
         assert outcomes == [("done",), ("done",), ("lost", "done")]
         assert len(s.finals()) == 3
-        # one metrics row per (step, name), though the run was logged by two attempts
+        # one metrics row per (step, name), every step, though the resumed run was logged by two attempts
         for r in s.runs():
-            steps = [st for st, _ in s.metrics(r.id, "loss")]
-            assert steps == sorted(set(steps))
+            assert [st for st, _ in s.metrics(r.id, "loss")] == list(range(1, killed_at + 3))
 
 
 def test_rerun_of_finished_plan_is_a_noop(tmp_path, fake_env):
@@ -161,13 +158,12 @@ def test_sigterm_to_the_sweep_returns_runs_to_pending_without_spending_a_retry(t
             "from conftest import fake_command\n"
             "stop = threading.Event(); install_signal_handlers(stop)\n"
             "run_workers(sys.argv[1], 1, stop=stop, command=fake_command, heartbeat_s=0.1, poll_s=0.1, grace_s=5)\n")
-    env = {**os.environ, "FAKE_STEPS": "200", "FAKE_STEP_S": "0.05"}
+    env = {**os.environ, "FAKE_STEPS": "100000", "FAKE_STEP_S": "0.05"}
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), os.path.dirname(__file__)], env=env)
-    deadline = time.time() + 60
-    while not log_lines(fake_env, "start"):
-        assert time.time() < deadline and p.poll() is None, "the worker never started a run"
-        time.sleep(0.05)
-    time.sleep(0.3)
+    # the signal lands while a run is between its steps (it has checkpointed one; it cannot have finished)
+    wait_until(lambda: p.poll() is not None or any(progress(d) >= 1 for d in (tmp_path / "runs").glob("*")),
+               "the worker to start a run")
+    assert p.poll() is None, "the sweep exited before it was signalled"
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=30) == 0
     with Store(tmp_path) as s:

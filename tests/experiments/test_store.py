@@ -2,7 +2,9 @@
 import json
 import multiprocessing as mp
 import time
+from types import SimpleNamespace
 
+import cart.experiments.store as store_mod
 from cart.experiments.store import Store, spec_key
 
 from .conftest import make_study, request
@@ -48,11 +50,15 @@ def test_same_config_is_one_run_and_labels_are_members(tmp_path):
         assert s.runs()[0].key == spec_key(r.spec)
 
 
-def test_lease_expiry_returns_run_and_fences_the_old_worker(tmp_path):
+def test_lease_expiry_returns_run_and_fences_the_old_worker(tmp_path, monkeypatch):
     make_study(tmp_path, 1, max_failures=3)
+    clock = {"now": time.time()}
+    monkeypatch.setattr(store_mod, "time", SimpleNamespace(time=lambda: clock["now"], sleep=time.sleep))  # the store's clock, by hand
     with Store(tmp_path) as s:
-        old = s.claim("old", lease_s=0.05)
-        time.sleep(0.1)
+        old = s.claim("old", lease_s=30)
+        clock["now"] += 29
+        assert s.claim("new", lease_s=60) is None  # 1 s of lease left: nothing to take
+        clock["now"] += 2
         new = s.claim("new", lease_s=60)  # the expired lease is taken back first
         assert new is not None and new.id == old.id and new.attempts == 2
         assert not s.heartbeat(old, 60)

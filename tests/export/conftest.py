@@ -1,5 +1,5 @@
-"""Fixtures for the export tests: the smoke data (a real trained BPE tokenizer), run dirs holding tiny
-models that use it, and an exported directory."""
+"""Fixtures for the export tests: run dirs holding tiny models that use the session's smoke data (a real trained
+BPE tokenizer)."""
 import json
 import os
 from pathlib import Path
@@ -15,21 +15,11 @@ VOCAB = 512  # the smoke recipe's BPE
 
 
 @pytest.fixture(autouse=True)
-def _quiet_offline(monkeypatch):
-    """One thread (tiny models), no hub: everything here is local."""
+def _offline(monkeypatch):
+    """No hub: everything here is local (one thread for the tiny models comes from tests/conftest.py)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def smoke_data(tmp_path_factory) -> Path:
-    from cart.data import prepare
-    return prepare("smoke", data_root=tmp_path_factory.mktemp("data"), log=lambda *a, **k: None)
 
 
 def tiny(kind: str = "cart", **over) -> torch.nn.Module:

@@ -15,6 +15,7 @@ from cart.export import card  # noqa: E402
 from cart.export.hf_tokenizer import HARD_TEXTS  # noqa: E402
 from tests.export.conftest import VOCAB, make_run, tiny  # noqa: E402
 from tests.model.test_model import CART_VARIANTS, DENSE_VARIANTS  # noqa: E402
+from tests.support import one_thread  # noqa: E402
 
 SUMMARY = {"step": 10, "final": {"stories": {"loss": 5.33, "ppl": 207.38, "bpb": 2.6717, "tokens": 4038, "out_of_domain": False},
                                  "code": {"loss": 5.62, "ppl": 277.16, "bpb": 6.3693, "tokens": 4153, "out_of_domain": True}},
@@ -30,10 +31,10 @@ def ids(T: int = 20, seed: int = 1) -> torch.Tensor:
 def exported(tmp_path_factory, smoke_data):
     """The default CART, trained-run layout, exported with the transformers check on."""
     root = tmp_path_factory.mktemp("exported")
-    torch.set_num_threads(1)
-    model = tiny()
-    run = make_run(root / "run", model, smoke_data, SUMMARY)
-    assert main(["export", "hf", str(run), str(root / "hf")]) == 0
+    with one_thread():
+        model = tiny()
+        run = make_run(root / "run", model, smoke_data, SUMMARY)
+        assert main(["export", "hf", str(run), str(root / "hf")]) == 0
     return run, root / "hf", model
 
 

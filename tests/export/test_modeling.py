@@ -15,6 +15,7 @@ from cart.export import modeling_cart as mc  # noqa: E402
 from cart.model import build_model  # noqa: E402
 from tests.eval.helpers import sharpen  # noqa: E402
 from tests.model.test_model import BASE, CART_VARIANTS, DENSE_VARIANTS  # noqa: E402
+from tests.support import one_thread  # noqa: E402
 
 V = BASE["vocab_size"]
 BOS, EOS = 0, 1
@@ -43,9 +44,9 @@ def hf_twin(model: torch.nn.Module):
 @pytest.fixture(scope="module", params=list(VARIANTS), ids=list(VARIANTS))
 def pair(request):
     kind, over = VARIANTS[request.param]
-    torch.set_num_threads(1)
-    model = cart_model(kind, over)
-    return model, hf_twin(model)
+    with one_thread():
+        model = cart_model(kind, over)
+        return model, hf_twin(model)
 
 
 def ids(B: int, T: int, seed: int = 1) -> torch.Tensor:

@@ -128,11 +128,12 @@ def test_checksum_valid_files_that_are_not_weights_are_corrupt(tiny, case):
 
 # ---------------------------------------------------------------------- a run dir: newest good, with a warning
 @pytest.fixture
-def run_with_two(make_cfg):
-    cfg = make_cfg("two", steps=8, keep_checkpoints=0)
-    train(cfg)
+def run_with_two(trained_copy):
+    """A trained run holding two checkpoints (steps 8 and 12)."""
+    cfg = trained_copy("two")
     root = Path(cfg.out_dir) / "checkpoints"
-    return cfg, root / "step_00000004", root / "step_00000008"
+    shutil.rmtree(root / "step_00000004")
+    return cfg, root / "step_00000008", root / "step_00000012"
 
 
 def test_eval_side_loading_falls_back_with_one_warning_naming_the_file(run_with_two):
@@ -151,13 +152,10 @@ def test_eval_side_loading_falls_back_with_one_warning_naming_the_file(run_with_
 
 
 @pytest.mark.parametrize("case", ["structure", "refused-class", "malicious", "wrong-step"])
-def test_resume_treats_a_checksum_valid_non_state_pickle_as_corrupt(make_cfg, case, tmp_path):
+def test_resume_treats_a_checksum_valid_non_state_pickle_as_corrupt(smoke_run, trained_copy, case, tmp_path):
     """optimizer.pt / trainer.pt that hash correctly but are not the expected state: the trainer falls
     back to the previous checkpoint, sets the bad one aside, and ends bitwise-identical to a clean run."""
-    ref = make_cfg("ref")
-    train(ref)
-    cfg = make_cfg("run")
-    train(cfg)
+    cfg = trained_copy("run")
     root = Path(cfg.out_dir) / "checkpoints"
     (Path(cfg.out_dir) / "summary.json").unlink()
     shutil.rmtree(root / "step_00000012")
@@ -184,12 +182,11 @@ def test_resume_treats_a_checksum_valid_non_state_pickle_as_corrupt(make_cfg, ca
     assert resume["checkpoint"].endswith("step_00000004")
     assert str(bad / name) in resume["message"] and why in resume["message"]
     assert (root / "corrupt_step_00000008").is_dir() and s["step"] == 12
-    assert_same_weights(final_weights(ref.out_dir), final_weights(cfg.out_dir))
+    assert_same_weights(final_weights(smoke_run), final_weights(cfg.out_dir))
 
 
-def test_training_resume_reads_each_checkpoint_file_once(make_cfg, monkeypatch):
-    cfg = make_cfg("once", steps=4)
-    train(cfg)
+def test_training_resume_reads_each_checkpoint_file_once(trained_copy, monkeypatch):
+    cfg = trained_copy("once")
     (Path(cfg.out_dir) / "summary.json").unlink()
     reads = []
     real = Path.read_bytes
@@ -200,7 +197,7 @@ def test_training_resume_reads_each_checkpoint_file_once(make_cfg, monkeypatch):
         return real(self)
     monkeypatch.setattr(Path, "read_bytes", counting)
     monkeypatch.setattr(torch, "load", _only_from_memory(torch.load))
-    train(cfg.replace(steps=4))
+    train(cfg)
     assert sorted(reads) == sorted(["checksums.json", "model.json", "model.safetensors", "train_config.json",
                                     "optimizer.pt", "trainer.pt"])
 
@@ -217,7 +214,7 @@ def test_newest_good_reports_every_skipped_checkpoint(run_with_two):
     (newer / "trainer.pt").unlink()
     good, problems = newest_good(cfg.out_dir, training=True)
     assert good.path == older and len(problems) == 1 and "trainer.pt: missing" in problems[0]
-    assert good.optimizer is not None and good.trainer["step"] == 4
+    assert good.optimizer is not None and good.trainer["step"] == 8
     assert resolve(cfg.out_dir, warn=None).path == newer  # evaluation needs no trainer.pt
 
 

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from cart.checkpoint import resolve_checkpoint
 from cart.train import train
 
-from .conftest import one_thread, subprocess_env, train_argv
+from tests.support import one_thread, subprocess_env
+
+from .conftest import train_argv
 
 RUN = dict(steps=6, batch_size=4, grad_accum=2, seq_len=32, log_every=1, ckpt_every=3, final_eval_tokens=256)
 

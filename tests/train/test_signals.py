@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from cart.checkpoint import resolve_checkpoint
 from cart.train import train
 
-from .conftest import one_thread, subprocess_env, train_argv
+from tests.support import one_thread, subprocess_env
+
+from .conftest import train_argv
 
 # variable R with truncated backprop, gradient accumulation and a warmup/cosine schedule: every
 # piece of state (weights, AdamW moments, loader position, loop sampler, step) must survive the kill

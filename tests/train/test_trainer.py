@@ -93,6 +93,16 @@ def test_log_and_eval_events_carry_the_stability_metrics(make_cfg):
     assert list((Path(cfg.out_dir) / "tb").glob("events.out.tfevents.*"))
 
 
+def test_mfu_peak_is_measured_unless_configured(make_cfg):
+    """peak_flops = 0 (the presets' default): the trainer measures this machine's matmul peak for its MFU."""
+    measured = train(make_cfg("measured", steps=1, log_every=1, ckpt_every=1, final_eval_tokens=64, peak_flops=0.0))
+    assert measured["peak_flops_source"].startswith("measured (") and measured["peak_flops"] > 0
+    assert events(make_cfg("measured").out_dir, "start")[0]["peak_flops"] == measured["peak_flops"]
+    configured = train(make_cfg("configured", steps=1, log_every=1, ckpt_every=1, final_eval_tokens=64))
+    assert (configured["peak_flops"], configured["peak_flops_source"]) == (1e11, "config")
+    assert measured["mfu"] > 0 and configured["mfu"] > 0
+
+
 def test_training_checkpoints_load_as_models(make_cfg):
     cfg = make_cfg(keep_checkpoints=2)
     train(cfg)
@@ -131,24 +141,18 @@ def test_cli_trains_and_rerun_is_a_no_op(make_cfg, capsys):
 
 
 # ---------------------------------------------------------------------- resume and corrupt checkpoints
-def test_resume_continues_exactly_and_never_logs_a_step_twice(make_cfg):
-    ref = make_cfg("ref")
-    train(ref)
-    cfg = make_cfg("run")
-    train(cfg)
+def test_resume_continues_exactly_and_never_logs_a_step_twice(smoke_run, trained_copy):
+    cfg = trained_copy("run")
     shutil.rmtree(Path(cfg.out_dir) / "checkpoints" / "step_00000012")  # as if killed after step 8's checkpoint
     (Path(cfg.out_dir) / "summary.json").unlink()
     train(cfg)
     assert events(cfg.out_dir, "resume")[-1]["checkpoint"].endswith("step_00000008")
     assert [e["step"] for e in events(cfg.out_dir, "train")] == [4, 8, 12]
-    assert_same_weights(final_weights(ref.out_dir), final_weights(cfg.out_dir))
+    assert_same_weights(final_weights(smoke_run), final_weights(cfg.out_dir))
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous(make_cfg):
-    ref = make_cfg("ref")
-    train(ref)
-    cfg = make_cfg("run")
-    train(cfg)
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(smoke_run, trained_copy):
+    cfg = trained_copy("run")
     root = Path(cfg.out_dir) / "checkpoints"
     (Path(cfg.out_dir) / "summary.json").unlink()
     shutil.rmtree(root / "step_00000012")
@@ -162,7 +166,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(make_cfg):
     assert "step_00000008" in resume["message"] and "checksum" in resume["message"]
     assert (root / "corrupt_step_00000008").is_dir()
     assert s["step"] == 12
-    assert_same_weights(final_weights(ref.out_dir), final_weights(cfg.out_dir))
+    assert_same_weights(final_weights(smoke_run), final_weights(cfg.out_dir))
 
 
 # ---------------------------------------------------------------------- non-finite policies
@@ -246,16 +250,15 @@ def _snapshot(run_dir):
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file()}
 
 
-def test_incompatible_resume_is_refused_and_touches_nothing(make_cfg):
-    cfg = make_cfg(steps=4)
-    train(cfg)
+def test_incompatible_resume_is_refused_and_touches_nothing(trained_copy, make_cfg):
+    cfg = trained_copy("run")
     before = _snapshot(cfg.out_dir)
     with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
-        train(cfg.replace(lr=1e-2, steps=8))
+        train(cfg.replace(lr=1e-2, steps=16))
     with pytest.raises(ValueError, match="n_loops"):
-        train(make_cfg(steps=8, model={"n_loops": 3}))
+        train(make_cfg(steps=16, model={"n_loops": 3}))
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        train(cfg.replace(steps=8), resume=False)
+        train(cfg.replace(steps=16), resume=False)
     assert _snapshot(cfg.out_dir) == before
 
 
