@@ -104,11 +104,17 @@ def test_resume_after_sigkill(tmp_path, mirror, reference):
     env = {**os.environ, hub.MIRROR_ENV: str(mirror), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=Path(__file__).parent)
     state = tmp_path / "root" / ".paperlet.work" / ".state" / "stream.wikipedia.json"
-    deadline = time.time() + 120
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
+    def checkpoint() -> str | None:
+        return state.read_text() if state.exists() else None
+
+    deadline = time.monotonic() + 120
+    while checkpoint() is None and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert state.exists(), "the child never checkpointed Wikipedia"
-    time.sleep(0.1)
+    first = checkpoint()
+    assert first is not None, "the child never checkpointed Wikipedia"
+    while checkpoint() == first and proc.poll() is None and time.monotonic() < deadline:  # mid-stream: past a second checkpoint
+        time.sleep(0.02)
+    assert checkpoint() != first, "the child never checkpointed Wikipedia a second time"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (tmp_path / "root" / "paperlet").exists()
