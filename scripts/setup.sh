@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 if ! python -c "import torch" 2>/dev/null; then
   if [ -n "${TORCH_SPEC:-}" ]; then spec="$TORCH_SPEC"
-  elif command -v nvidia-smi >/dev/null 2>&1; then spec="torch>=2.4"
+  elif command -v nvidia-smi >/dev/null 2>&1; then spec="torch>=2.6"
   else spec="torch==2.13.0"; fi
   # Elsewhere, TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu gets a small CPU build from PyPI's twin.
   python -m pip install -q "$spec" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}

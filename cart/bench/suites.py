@@ -334,6 +334,7 @@ def suite_forward(bench: Bench) -> dict:
 def suite_generate(bench: Bench) -> dict:
     try:
         from cart.eval.generate import decode_speed
+        from cart.eval.options import Run
     except ImportError as e:
         return {"status": "skipped", "reason": f"cart.eval.generate.decode_speed not available ({e})"}
     s = QUICK_SIZES if bench.quick else CPU_SIZES
@@ -359,7 +360,7 @@ def suite_generate(bench: Bench) -> dict:
             for k in names[r % len(names):] + names[: r % len(names)]:
                 layout = runs[k][1]
                 with ForeignLoad() as fl:
-                    res = decode_speed(models[k], bs, prompt, new, device=bench.device, dtype=dtype, mla_layout=layout)
+                    res = decode_speed(models[k], bs, prompt, new, Run(device=bench.device, dtype=dtype), mla_layout=layout)
                 if bench.clock == "cpu":  # the same decoding, timed with this process's CPU time
                     res = {**res, "wall_tokens_per_s": res["tokens_per_s"],
                            "tokens_per_s": _decode_cpu_tokens_per_s(models[k], bs, prompt, new, bench.device, res["mla_layout"])}

@@ -1,4 +1,4 @@
-"""`cart bench`: CART vs its dense baselines, measured side by side (issue 7)."""
+"""`cart bench`: CART vs its dense baselines, measured side by side."""
 from __future__ import annotations
 
 import json

@@ -47,6 +47,7 @@ def _prompt(args) -> str:
 
 def run(args) -> int:
     from cart.eval.generate import TextStreamer, generate
+    from cart.eval.options import Run, Sampling
     from cart.eval.loading import load_for_eval
 
     text = _prompt(args)
@@ -60,10 +61,13 @@ def run(args) -> int:
     if stream is not None:
         sys.stdout.write(text)
         sys.stdout.flush()
-    g = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 seed=args.seed, n_loops=args.n_loops, eos_id=None if args.ignore_eos else tok.eos_id,
-                 dtype=args.dtype, on_token=stream, truncate=args.truncate_prompt,
-                 mla_layout=args.mla_cache)
+    try:
+        sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+        run_opts = Run(n_loops=args.n_loops, device=next(model.parameters()).device, dtype=args.dtype)
+    except ValueError as e:
+        raise CLIError(f"cart generate: {e}") from e
+    g = generate(model, ids, args.max_new_tokens, sampling, run_opts, eos_id=None if args.ignore_eos else tok.eos_id,
+                 on_token=stream, truncate=args.truncate_prompt, mla_layout=args.mla_cache)
     new = [t for t in g.tokens[0] if args.ignore_eos or t != tok.eos_id]
     if stream is not None:
         stream.flush()

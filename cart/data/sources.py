@@ -424,10 +424,6 @@ class HubSource(Source):
                 "rows": sel.rows, **self._open[self._key(root)][2]["identity"]}
 
 
-def _hub_unreachable(timeout: float = 5.0) -> str | None:
-    return hub.hub_unreachable(timeout)
-
-
 SOURCES.update({s.name: s for s in [
     # the paper's corpora at the hub's newest revision (the `paper` recipe pins revisions and shards)
     HubSource("tinystories", "roneneldan/TinyStories", data_files="data/train-*.parquet",

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from cart.eval.loading import autocast
+from cart.eval.options import GREEDY, Run, Sampling
 from cart.model.cache import DecodeCache
 
 
@@ -38,17 +39,12 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, sampling: Sampling = GREEDY, generator: torch.Generator | None = None) -> torch.Tensor:
     """Next token ids [B] from logits [B, V]."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     logits = logits.float()
-    if temperature == 0:
+    if sampling.greedy:
         return logits.argmax(-1)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    probs = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p).softmax(-1)
     # sample on the CPU generator's stream so that one seed gives one sample on any device
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
@@ -62,35 +58,39 @@ class Generation:
     cache_bytes_per_token: float
 
 
+def _unpack(model: torch.nn.Module, run: Run | None) -> tuple[int | None, torch.device, str | torch.dtype | None]:
+    """(n_loops, device, dtype) of a Run; without one: as trained, on the model's device, no autocast."""
+    if run is None:
+        return None, next(model.parameters()).device, None
+    if run.forward is not None:
+        raise ValueError("generation runs the model with its decode cache: a Run with a custom forward cannot be used")
+    return run.n_loops, torch.device(run.device), run.dtype
+
+
 @torch.inference_mode()  # no autograd bookkeeping (version counters, view tracking) per op
 def generate(
     model: torch.nn.Module,
     prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
     max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    run: Run | None = None,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    n_loops: int | None = None,
     eos_id: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: str | torch.dtype | None = None,
     on_token: Callable[[int, list[int]], None] | None = None,
     truncate: bool = False,
     mla_layout: str = "auto",
 ) -> Generation:
     """Sample up to max_new_tokens after each prompt (prompts of one batch have equal length).
 
+    sampling: temperature, top-k, top-p and seed (`GREEDY`: argmax). run: loop count, device and autocast
+    dtype (default: as trained, on the model's device, no autocast).
     on_token(step, tokens) receives the new token of every sequence after each step.
     A prompt longer than the model's context raises, unless truncate=True keeps its last tokens.
     mla_layout: what MLA layers cache: "latent" (d/4 per token), "latent_k" (plus the rotated K:
     5x the bytes) or "kv" (rotated K and V: 8x); the last two skip the per-step re-projection of K
     (`cart.model.cache`); "auto" (default): latent at batch 1, latent_k for batches. Same tokens every way.
     """
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
+    n_loops, device, dtype = _unpack(model, run)
     if isinstance(prompts, torch.Tensor):
         idx = prompts.long()
         idx = idx[None] if idx.ndim == 1 else idx
@@ -115,7 +115,8 @@ def generate(
     if int(idx.max()) >= V or int(idx.min()) < 0:
         raise ValueError(f"prompt token ids must be in [0, {V}); the tokenizer does not match the model")
     steps = min(max_new_tokens, max_len - T)
-    gen = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**63))
+    seed = sampling.seed if sampling.seed is not None else random.randrange(2**63)
+    gen = torch.Generator().manual_seed(seed)
     cache = DecodeCache(B, T + max(steps, 1), mla_layout)
     out: list[list[int]] = [[] for _ in range(B)]
     reason = ["length" if steps == max_new_tokens else "context"] * B
@@ -124,7 +125,7 @@ def generate(
     with autocast(device, dtype):
         logits = model(idx, n_loops=n_loops, cache=cache)[:, -1]
     for step in range(steps):
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)
+        nxt = sample_next(logits, sampling, gen)
         if eos_id is not None:
             nxt = torch.where(finished, torch.full_like(nxt, eos_id), nxt)
         toks = nxt.tolist()
@@ -176,14 +177,11 @@ class TextStreamer:
 
 
 @torch.inference_mode()  # no autograd bookkeeping (version counters, view tracking) per op
-def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_tokens: int, n_loops: int | None = None,
-                 *, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None,
-                 warmup_tokens: int = 2, seed: int = 0, mla_layout: str = "auto") -> dict:
+def decode_speed(model: torch.nn.Module, batch_size: int, prompt_len: int, new_tokens: int, run: Run | None = None,
+                 *, warmup_tokens: int = 2, seed: int = 0, mla_layout: str = "auto") -> dict:
     """Greedy cached decoding speed: tokens_per_s = batch_size * new_tokens / decode time (after a
     prefill of prompt_len random tokens), and the cache's bytes per token at the end."""
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
+    n_loops, device, dtype = _unpack(model, run)
     max_len = model.config.max_seq_len
     if prompt_len < 1 or new_tokens < 1 or batch_size < 1:
         raise ValueError("batch_size, prompt_len and new_tokens must be >= 1")

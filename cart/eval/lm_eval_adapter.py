@@ -26,7 +26,7 @@ import torch
 from cart.eval.generate import generate
 from cart.eval.loading import load_for_eval, resolve_device
 from cart.eval.loglik import loglikelihoods
-from cart.eval.options import PplOptions, Run
+from cart.eval.options import PplOptions, Run, Sampling
 from cart.eval.perplexity import stream_sums
 from cart.eval.tasks import encode_pairs
 
@@ -110,9 +110,9 @@ class CARTLM(_LMBase):
             temperature = float(kwargs.pop("temperature", 0.0)) if do_sample else 0.0
             ids = ([self.tok.bos_id] if self.add_bos else []) + list(self.tok.encode(context))
             ids = ids[-(self.max_length - 1):]  # keep the end of a long prompt, as the harness does
-            g = generate(self.model, ids, max_new, temperature=temperature, top_k=kwargs.pop("top_k", None),
-                         top_p=kwargs.pop("top_p", None), seed=kwargs.pop("seed", 1234), n_loops=self.n_loops,
-                         eos_id=self.tok.eos_id, device=self._device, dtype=self.dtype)
+            sampling = Sampling(temperature, kwargs.pop("top_k", None), kwargs.pop("top_p", None), kwargs.pop("seed", 1234))
+            g = generate(self.model, ids, max_new, sampling, Run(self.n_loops, self._device, self.dtype),
+                         eos_id=self.tok.eos_id)
             toks = [t for t in g.tokens[0] if t != self.tok.eos_id]
             text = self.tok.decode(toks)
             for s in until:

@@ -3,7 +3,8 @@
 - `Run`: how the model is run (loop count, device, autocast dtype, or any idx -> logits callable);
 - `PplOptions`: how a validation stream is cut into windows and scored (`cart eval ppl`, vary-R);
 - `TaskOptions`: how benchmark requests are batched and encoded (`cart eval tasks`, vary-R);
-- `AdaptiveOptions`: adaptive R (halt a position when its state stops moving).
+- `AdaptiveOptions`: adaptive R (halt a position when its state stops moving);
+- `Sampling`: how generation picks each next token (temperature, top-k, top-p, seed; `GREEDY`).
 Each validates itself on construction; the functions of `cart.eval` take them whole.
 """
 from __future__ import annotations
@@ -98,3 +99,34 @@ class AdaptiveOptions:
 
 
 __all__ = ["Run", "PplOptions", "TaskOptions", "AdaptiveOptions"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How `generate` picks each next token: softmax at `temperature` (0 = greedy argmax) over the top-k
+    tokens and the top-p nucleus (None: no filter), drawn from a CPU generator seeded with `seed` (None: a
+    fresh random seed), so that one seed gives one sample on any device."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or t == float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0):
+            raise ValueError(f"top_k must be an integer >= 0 (0: no filter), got {self.top_k!r}")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling(temperature=0.0)

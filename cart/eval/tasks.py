@@ -93,10 +93,6 @@ class Task:
     where: str = ""  # where the evaluated rows came from
     info: dict = field(default_factory=dict)  # split, harness task, few-shot record: goes to the results' configs
 
-    @property
-    def num_shots_builtin(self) -> int:
-        return int((self.config.get("task_config") or {}).get("num_shots") or 0)
-
 
 # ----------------------------------------------------------------------------- OLMo request files (TASK/VARIANT)
 def parse_task(task: str, variant: str, config: dict, lines: Sequence[str], where: str = "") -> Task:

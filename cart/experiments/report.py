@@ -625,6 +625,24 @@ _INTROS = {
 }
 
 
+# (study, figs, paper, stage, title, intro) -> lines. The paper's named stages have their own sections; every
+# other stage is written by its kind. A new stage kind adds one row here (and one to plans.STAGE_KINDS).
+_BY_STAGE = {
+    "stage1": lambda study, figs, paper, stage, title, intro: _stage1(study, figs, paper),
+    "stage2": lambda study, figs, paper, stage, title, intro: _stage2(study, figs, paper),
+    "ablations": lambda study, figs, paper, stage, title, intro: _decomposition(study) + _ablations(study, paper),
+}
+_BY_KIND = {
+    "grid": lambda study, figs, paper, stage, title, intro: _grid_section(study, stage, title, intro),
+    "parity": lambda study, figs, paper, stage, title, intro: _parity(study, figs, paper, stage,
+                                                                     title if stage != "parity" else None),
+    "variants": lambda study, figs, paper, stage, title, intro: _variants_section(study, stage, title, intro),
+    "vary_r": lambda study, figs, paper, stage, title, intro: _vary_r(study, figs, paper, stage,
+                                                                     title if stage != "vary_r" else None),
+    "tasks": lambda study, figs, paper, stage, title, intro: _tasks_section(study, stage, title, paper),
+}
+
+
 def _stage_sections(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     """One section per stage, in plan order, by the stage's kind (a stage's `question` is its introduction)."""
     out = []
@@ -633,22 +651,10 @@ def _stage_sections(study: A.Study, figs: Figures, paper: bool) -> list[str]:
         kind, title = d.get("kind"), d.get("title") or stage
         question = (d.get("raw") or {}).get("question")
         intro = (f"**Question:** {question}" if question else "") or _INTROS.get(stage, "")
-        if stage == "stage1":
-            out += _stage1(study, figs, paper)
-        elif stage == "stage2":
-            out += _stage2(study, figs, paper)
-        elif kind == "grid":
-            out += _grid_section(study, stage, title, intro)
-        elif kind == "parity":
-            out += _parity(study, figs, paper, stage, title if stage != "parity" else None)
-        elif kind == "variants" and stage == "ablations":
-            out += _decomposition(study) + _ablations(study, paper)
-        elif kind == "variants":
-            out += _variants_section(study, stage, title, intro)
-        elif kind == "vary_r":
-            out += _vary_r(study, figs, paper, stage, title if stage != "vary_r" else None)
-        elif kind == "tasks":
-            out += _tasks_section(study, stage, title, paper)
+        section = _BY_STAGE.get(stage) if (stage != "ablations" or kind == "variants") else None
+        section = section or _BY_KIND.get(kind)
+        if section is not None:
+            out += section(study, figs, paper, stage, title, intro)
     return out
 
 

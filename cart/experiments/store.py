@@ -303,10 +303,6 @@ class Store:
             db.execute("UPDATE attempts SET ended_at = ?, outcome = 'lost', error = ? WHERE run_id = ? AND attempt = ?",
                        (now, msg, row["id"], row["attempts"]))
 
-    def expire_leases(self) -> None:
-        with self.transaction() as db:
-            self._expire_leases(db, time.time())
-
     def claim(self, worker: str, lease_s: float, code_version: str | None = None,
               stages: Iterable[str] | None = None) -> Run | None:
         """Atomically take the next pending run (optionally only members of `stages`)."""

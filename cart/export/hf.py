@@ -192,6 +192,7 @@ def verify_export(path: Path, model: torch.nn.Module, tok, texts: list[str]) -> 
     except ImportError:
         return None
     from cart.eval.generate import generate
+    from cart.eval.options import GREEDY
 
     hf = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=True).eval()
     hf_tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
@@ -209,7 +210,7 @@ def verify_export(path: Path, model: torch.nn.Module, tok, texts: list[str]) -> 
             worst, n_tokens = max(worst, diff), n_tokens + ids.shape[1]
         prompt = ([tok.bos_id] + list(tok.encode(texts[0])))[: max(1, T - 8)]
         steps = min(8, T - len(prompt))
-        ours = generate(model, prompt, steps, temperature=0.0).tokens[0]
+        ours = generate(model, prompt, steps, GREEDY).tokens[0]
         theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False, eos_token_id=None,
                              attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):].tolist()
     if theirs != ours:

@@ -156,10 +156,6 @@ def wrap(model: nn.Module, d: Dist, parallel: str) -> nn.Module:
     return DDP(model, device_ids=None, **no_sync)
 
 
-def sharded(model: nn.Module) -> bool:
-    return any(getattr(p, "_is_dtensor", False) or type(p).__name__ == "DTensor" for p in model.parameters())
-
-
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full CPU state dict (a collective under FSDP: every rank must call it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -223,7 +223,7 @@ def test_bad_clock_is_refused():
 
 
 def test_micro_benchmarks_run(capsys):
-    from cart.bench import micro
+    from tools import micro
 
     assert micro.main(["--repeats", "1", "--inner", "1", "--only", "rope", "blend_gate", "decode_mla"]) == 0
     out = capsys.readouterr().out
@@ -234,7 +234,7 @@ def test_ab_against_a_git_revision(capsys):
     import shutil
     import subprocess
 
-    from cart.bench import ab
+    from tools import ab
 
     if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
@@ -244,7 +244,7 @@ def test_ab_against_a_git_revision(capsys):
 
 
 def test_profile_categorises_a_real_step():
-    from cart.bench.profile import category, profile_step
+    from tools.step_profile import category, profile_step
 
     assert category("aten::mm") == "matmul (projections, head)"
     assert category("aten::_scaled_dot_product_flash_attention_for_cpu_backward").startswith("attention")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cart.eval.generate import TextStreamer, decode_speed, filter_logits, generate, sample_next
+from cart.eval.options import GREEDY, Run, Sampling
 from tests.eval.helpers import ByteTokenizer, tiny_cart, tiny_dense
 
 
@@ -11,7 +12,7 @@ from tests.eval.helpers import ByteTokenizer, tiny_cart, tiny_dense
 def test_greedy_generation_equals_uncached_argmax(make, layout):
     model = make()
     prompt = [256] + list(b"Once upon")
-    g = generate(model, prompt, 12, temperature=0, mla_layout=layout)
+    g = generate(model, prompt, 12, GREEDY, mla_layout=layout)
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(12):  # reference: the full forward pass over everything so far, every step
@@ -22,12 +23,12 @@ def test_greedy_generation_equals_uncached_argmax(make, layout):
 
 def test_seed_reproduces_and_batch_rows_are_independent():
     model = tiny_cart()
-    a = generate(model, [256, 65, 66], 10, temperature=1.0, top_p=0.9, seed=7)
-    b = generate(model, [256, 65, 66], 10, temperature=1.0, top_p=0.9, seed=7)
-    c = generate(model, [256, 65, 66], 10, temperature=1.0, top_p=0.9, seed=8)
+    a = generate(model, [256, 65, 66], 10, Sampling(1.0, top_p=0.9, seed=7))
+    b = generate(model, [256, 65, 66], 10, Sampling(1.0, top_p=0.9, seed=7))
+    c = generate(model, [256, 65, 66], 10, Sampling(1.0, top_p=0.9, seed=8))
     assert a.tokens == b.tokens and a.tokens != c.tokens
-    batch = generate(model, [[256, 65, 66], [256, 67, 68]], 5, temperature=0)
-    assert batch.tokens[0] == generate(model, [256, 65, 66], 5, temperature=0).tokens[0]
+    batch = generate(model, [[256, 65, 66], [256, 67, 68]], 5, GREEDY)
+    assert batch.tokens[0] == generate(model, [256, 65, 66], 5, GREEDY).tokens[0]
 
 
 def test_top_k_and_top_p_filters():
@@ -38,18 +39,18 @@ def test_top_k_and_top_p_filters():
     assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.1)).tolist() == [[False, True, True, True]]  # top token always kept
     g = torch.Generator().manual_seed(0)
-    draws = {int(sample_next(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    draws = {int(sample_next(logits, Sampling(1.0, top_k=2), generator=g)) for _ in range(200)}
     assert draws == {0, 1}
-    assert int(sample_next(logits, 0.0)) == 0
+    assert int(sample_next(logits, GREEDY)) == 0
     with pytest.raises(ValueError):
-        sample_next(logits, -1.0)
+        Sampling(-1.0)
 
 
 def test_eos_stops_and_streaming_callback():
     model = tiny_cart()
-    first = generate(model, [256, 65], 1, temperature=0).tokens[0][0]
+    first = generate(model, [256, 65], 1, GREEDY).tokens[0][0]
     seen = []
-    g = generate(model, [256, 65], 20, temperature=0, eos_id=first, on_token=lambda s, t: seen.append(t[0]))
+    g = generate(model, [256, 65], 20, GREEDY, eos_id=first, on_token=lambda s, t: seen.append(t[0]))
     assert g.tokens[0] == [first] and g.stop_reason == ["eos"] and seen == [first]
 
 
@@ -57,9 +58,9 @@ def test_prompt_longer_than_context_and_context_limit():
     model = tiny_cart(max_seq_len=16)
     with pytest.raises(ValueError, match="context is 16"):
         generate(model, list(range(16)), 4)
-    g = generate(model, list(range(20)), 4, temperature=0, truncate=True)
+    g = generate(model, list(range(20)), 4, GREEDY, truncate=True)
     assert g.prompt_tokens == 15 and len(g.tokens[0]) == 1 and g.stop_reason == ["context"]
-    g = generate(model, list(range(10)), 50, temperature=0)
+    g = generate(model, list(range(10)), 50, GREEDY)
     assert len(g.tokens[0]) == 6 and g.stop_reason == ["context"]
     with pytest.raises(ValueError, match="does not match"):
         generate(model, [300], 2)
@@ -85,3 +86,23 @@ def test_decode_speed_reports_throughput_and_cache():
     assert dense["cache_bytes_per_token"] == 2 * 2 * 64 * 4
     with pytest.raises(ValueError, match="exceeds"):
         decode_speed(model, 1, 120, 20)
+
+
+def test_sampling_options_are_validated_and_run_options_apply():
+    for bad, match in [(dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
+                       (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"),
+                       (dict(seed=1.5), "seed")]:
+        with pytest.raises(ValueError, match=match):
+            Sampling(**bad)
+    assert GREEDY.greedy and not Sampling().greedy
+    model = tiny_cart()
+    with pytest.raises(ValueError, match="custom forward"):
+        generate(model, [256, 65], 2, GREEDY, Run(forward=lambda idx: model(idx)))
+    # a Run's loop count reaches the model: R = 1 and R = 4 decode differently, each equal to its uncached argmax
+    for r in (1, 4):
+        seq = [256, 65, 66]
+        got = generate(model, seq, 6, GREEDY, Run(n_loops=r)).tokens[0]
+        with torch.no_grad():
+            for _ in range(6):
+                seq.append(int(model(torch.tensor([seq]), n_loops=r)[0, -1].argmax()))
+        assert got == seq[3:]

@@ -155,3 +155,10 @@ def test_run_directories_are_contained_in_the_study(tmp_path):
         claimed = s.claim("w", lease_s=60)
         assert Worker(tmp_path).execute(s, claimed) == "failed"
         assert "refused" in s.runs()[0].error and not (tmp_path.parent / "outside").exists()
+
+
+def test_every_stage_kind_has_a_report_section():
+    from cart.experiments import report
+    from cart.experiments.plans import STAGE_KINDS
+
+    assert set(report._BY_KIND) == set(STAGE_KINDS)

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 from cart.cli import main  # noqa: E402
 from cart.data import Manifest  # noqa: E402
 from cart.eval.generate import generate  # noqa: E402
+from cart.eval.options import GREEDY  # noqa: E402
 from tests.export.conftest import VOCAB, make_run, site_packages, tiny  # noqa: E402
 from tests.export.hf_child import TEXTS  # noqa: E402
 
@@ -28,7 +29,7 @@ def expected(model, tok, path: Path) -> None:
     x[:, 0] = tok.bos_id
     with torch.no_grad():
         logits = model(x)
-    greedy = generate(model, x[0].tolist(), 10, temperature=0.0).tokens[0]
+    greedy = generate(model, x[0].tolist(), 10, GREEDY).tokens[0]
     rows = [[tok.bos_id] + tok.encode(t) for t in TEXTS]
     width = max(map(len, rows))
     save_file({"input_ids": x, "logits": logits, "greedy": torch.tensor(greedy),

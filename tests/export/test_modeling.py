@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 from cart.checkpoint import model_state  # noqa: E402
 from cart.config import CARTConfig, DenseConfig, config_to_dict  # noqa: E402
 from cart.eval.generate import generate as cart_generate  # noqa: E402
+from cart.eval.options import GREEDY, Run  # noqa: E402
 from cart.export import modeling_cart as mc  # noqa: E402
 from cart.model import build_model  # noqa: E402
 from tests.eval.helpers import sharpen  # noqa: E402
@@ -139,13 +140,13 @@ def test_greedy_generate_equals_cart_generate(pair):
     model, hf = pair
     prompt = [BOS] + ids(1, 6)[0].tolist()
     for R in ([None, 5] if shares_loops(model) else [None]):
-        want = cart_generate(model, prompt, 14, temperature=0.0, n_loops=R).tokens[0]
+        want = cart_generate(model, prompt, 14, GREEDY, Run(n_loops=R)).tokens[0]
         got = hf.generate(torch.tensor([prompt]), max_new_tokens=14, do_sample=False, eos_token_id=None, n_loops=R)
         assert got[0, len(prompt):].tolist() == want
     # stopping at EOS: make a later greedy token (its first occurrence) the end-of-sequence id in both
-    plain = cart_generate(model, prompt, 14, temperature=0.0).tokens[0]
+    plain = cart_generate(model, prompt, 14, GREEDY).tokens[0]
     eos = next((t for k, t in enumerate(plain) if k >= 2 and t not in plain[:k]), plain[0])
-    want = cart_generate(model, prompt, 14, temperature=0.0, eos_id=eos).tokens[0]
+    want = cart_generate(model, prompt, 14, GREEDY, eos_id=eos).tokens[0]
     got = hf.generate(torch.tensor([prompt]), max_new_tokens=14, do_sample=False, eos_token_id=eos, pad_token_id=eos)
     assert got[0, len(prompt):].tolist()[:len(want)] == want and want[-1] == eos
 
@@ -186,7 +187,7 @@ def test_left_padded_batches_give_each_rows_own_result(pair):
     torch.testing.assert_close(logits[1], model(torch.tensor([long]))[0], rtol=1e-5, atol=1e-5)
     out = hf.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None)
     for row, prompt in enumerate((short, long)):
-        assert out[row, len(long):].tolist() == cart_generate(model, prompt, 8, temperature=0.0).tokens[0]
+        assert out[row, len(long):].tolist() == cart_generate(model, prompt, 8, GREEDY).tokens[0]
     with pytest.raises(ValueError, match="attention_mask must be"):
         hf(batch, attention_mask=mask[:, 1:])
 

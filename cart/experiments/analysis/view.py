@@ -135,9 +135,6 @@ class Study:
     def stage_derivation(self, stage: str) -> dict | None:
         return (self.store.stage_expanded(stage) or {}).get("derivation")
 
-    def stages_of_kind(self, kind: str) -> list[str]:
-        return [s for s in self.stages if self.stage_kind(s) == kind]
-
     def ood_sets(self) -> set[str]:
         return set(self._ood)
 

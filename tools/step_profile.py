@@ -2,8 +2,8 @@
 time grouped into categories (matmul, attention, elementwise, cross-entropy, copies/conversions,
 optimizer, framework) and the top operators.
 
-    python -m cart.bench.profile --shape main --model cart --threads 1
-    python -m cart.bench.profile --shape d256_bf16 --model dense_effective --top 30
+    python -m tools.step_profile --shape main --model cart --threads 1
+    python -m tools.step_profile --shape d256_bf16 --model dense_effective --top 30
 
 Profiler times are wall times: on a machine others keep busy, read the shares, not the milliseconds.
 """
@@ -72,7 +72,7 @@ def profile_step(shape: str = "main", model: str = "cart", threads: int = 0, ste
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cart.bench.profile", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.step_profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="main", choices=list(SHAPES))
     ap.add_argument("--model", default="cart", choices=["cart", "dense_stored", "dense_effective", "cart_unfrozen_kv"])
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")

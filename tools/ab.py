@@ -1,7 +1,7 @@
 """Before/after: the model code of a git revision against the working tree, in one process.
 
-    python -m cart.bench.ab --rev bba02a1 --model cart dense_effective --what train --threads 1 --cpu-time
-    python -m cart.bench.ab --rev 4165501 --d 192 --prelude 2 --loops 4 --batch 16 --dtype bf16   # the main job's shape
+    python -m tools.ab --rev bba02a1 --model cart dense_effective --what train --threads 1 --cpu-time
+    python -m tools.ab --rev 4165501 --d 192 --prelude 2 --loops 4 --batch 16 --dtype bf16   # the main job's shape
 
 The revision's `cart/config.py`, `cart/accounting.py`, `cart/validation.py` (when it has one) and
 `cart/model/*.py` are read with `git show` (nothing in the repository changes) into a throw-away
@@ -103,7 +103,7 @@ def _task(m, DecodeCache, args):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cart.bench.ab", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.ab", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rev", default="HEAD", help="the 'before' git revision (default HEAD)")
     ap.add_argument("--model", nargs="+", default=["cart"], choices=["cart", "cart_unfrozen_kv", "dense_stored", "dense_effective"])
     ap.add_argument("--what", default="train", choices=["train", "forward", "decode"])

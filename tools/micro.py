@@ -2,7 +2,7 @@
 form in `cart/model`, forward + backward at the training shapes (d=256, T=256, B=8, V=8192), in
 one process, alternating (the `cart.bench.timing` harness).
 
-    python -m cart.bench.micro [--threads 1 --clock cpu] [--only ce rope ...]
+    python -m tools.micro [--threads 1 --clock cpu] [--only ce rope ...]
 
 Prints per-call medians, the same-round ratio new/old and how many calls one CART P6 R6 training
 step makes, so the saving per step can be read off. The "old" forms are copied here verbatim from
@@ -132,7 +132,7 @@ def decode_cases(batch: int = 8, ctx: int = 192) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cart.bench.micro", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.micro", description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--repeats", type=int, default=9)
