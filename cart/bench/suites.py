@@ -207,7 +207,7 @@ def suite_peak(bench: Bench) -> dict:
 
     Timed with the same harness and clock as the other suites (median over uncontended samples), so
     a step's MFU compares like with like; the trainer's own measurement
-    (`cart.train.mfu.measure_matmul_flops`, best of a few wall-clock runs) is reported beside it."""
+    (`cart.train.mfu.measure_matmul_flops`, best of a few runs timed by CPU time per thread) is reported beside it."""
     from cart.train.mfu import device_name, measure_matmul_flops, table_peak
 
     dev = bench.device

@@ -5,8 +5,9 @@ are computed). The peak comes from, in order: an explicit override (TrainConfig.
 vendor's dense tensor-core figure for known GPUs; otherwise a measurement: the best of a few
 timed square matmuls in the training dtype, once per process (~1 s, at the start of a run). On a
 CPU the measured matmul rate is the honest ceiling (vendor figures assume vector units the BLAS may
-not reach), and measuring at the start of each run keeps MFU meaningful on a shared machine, where a
-number cached from a quiet (or busy) moment would not be.
+not reach); it is timed by the process's CPU time per thread, so that a run started beside busy
+processes still measures the machine's ceiling (a wall-clock measurement there came out low and put
+MFU above 100 %), and contention shows as a lower MFU.
 """
 from __future__ import annotations
 
@@ -61,10 +62,26 @@ def table_peak(device: torch.device, dtype: torch.dtype) -> float | None:
     return None
 
 
-def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 0.5, repeats: int = 3) -> float:
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 0.5, repeats: int = 3,
+                         clock: str = "auto") -> float:
     """Best-of-`repeats` rate of n x n x n matmuls (2n³ FLOPs each) on `device` in `dtype`
-    (n = 1024 on CPU, 8192 on GPU, where small matmuls cannot fill the device)."""
+    (n = 1024 on CPU, 8192 on GPU, where small matmuls cannot fill the device).
+
+    clock: "wall", or "cpu": on a CPU, the process's CPU time per thread (time.process_time() /
+    threads), the time the matmul actually held the cores. "auto" = "cpu" on a CPU, "wall" on a GPU.
+    A CPU peak measured by the wall clock while other processes share the cores comes out low and
+    puts MFU above 100 %; measured by CPU time it is the machine's ceiling, and contention shows as
+    a lower MFU instead (the trainer's throughput is wall-clock)."""
     n = n or (8192 if device.type == "cuda" else 1024)
+    if clock == "auto":
+        clock = "cpu" if device.type != "cuda" else "wall"
+    if clock not in ("wall", "cpu") or (clock == "cpu" and device.type == "cuda"):
+        raise ValueError(f"clock must be 'wall', or 'cpu' on a CPU device, got {clock!r} on {device.type}")
+    threads = max(1, torch.get_num_threads())
+
+    def now() -> float:
+        return time.process_time() / threads if clock == "cpu" else time.perf_counter()
+
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -78,11 +95,11 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int | None
     iters = max(1, int(seconds / per))
     best = 0.0
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(iters):
             a @ b
         sync()
-        best = max(best, 2 * n ** 3 * iters / (time.perf_counter() - t0))
+        best = max(best, 2 * n ** 3 * iters / max(now() - t0, 1e-9))
     return best
 
 

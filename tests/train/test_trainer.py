@@ -17,6 +17,7 @@ from cart.model import build_model
 from cart.train import NonFiniteError, evaluate_perplexity, train
 from cart.train.distributed import apply_activation_checkpointing
 from cart.train.loops import TruncatedBackprop
+from tests.support import one_thread
 
 
 def events(run_dir, kind=None):
@@ -480,3 +481,31 @@ def test_an_eval_skipped_by_a_stop_signal_runs_first_on_resume(make_cfg, monkeyp
     want = [(e["step"], e["sets"]) for e in events(ref.out_dir, "eval")]
     assert [g[0] for g in got] == [4, 8, 12] and got == want
     assert_same_weights(final_weights(ref.out_dir), final_weights(cfg.out_dir))
+
+
+def test_cpu_peak_is_timed_by_cpu_time_so_contention_cannot_lower_it(monkeypatch):
+    """A run started beside busy processes measured a low wall-clock peak and logged MFU > 100 %. On a CPU the
+    peak is timed by process CPU time per thread: here the wall clock runs 3x the CPU clock (the process held the
+    core a third of the time) and the measured peak is the CPU-time rate, 3x what the wall clock says."""
+    import cart.train.mfu as mfu
+
+    clocks = {"wall": 0.0, "cpu": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            clocks["wall"] += 0.003
+            return clocks["wall"]
+
+        @staticmethod
+        def process_time():
+            clocks["cpu"] += 0.001
+            return clocks["cpu"]
+
+    monkeypatch.setattr(mfu, "time", FakeTime)
+    with one_thread():
+        by_cpu = mfu.measure_matmul_flops(torch.device("cpu"), torch.float32, n=8, seconds=0.01, repeats=1)
+        by_wall = mfu.measure_matmul_flops(torch.device("cpu"), torch.float32, n=8, seconds=0.01, repeats=1, clock="wall")
+    assert by_cpu == pytest.approx(3 * by_wall)
+    with pytest.raises(ValueError, match="clock"):
+        mfu.measure_matmul_flops(torch.device("cpu"), torch.float32, n=8, clock="gpu")
