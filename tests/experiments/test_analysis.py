@@ -120,3 +120,16 @@ def test_gate_decay_explained_fraction(tmp_path):
     g = A.gate_decay(study, study.members("stage2")[0])
     assert g["decayed"] and g["explained"] == pytest.approx(1.0) and g["mean_minus_pred"] < 1e-12
     assert g["final"]["max"] == pytest.approx(sig[10] + 0.001)
+
+
+def test_report_shows_each_held_out_set_against_its_floor(tmp_path):
+    from cart.experiments import report
+
+    # set a: one seed of three misses the 10 % margin; ood set `code`: every seed clears it
+    ms = [(f"cart-s{seed}", {"variant": "cart", "seed": seed}, {}, _finals({"a": p, "code": 40.0}, {"a": 100.0, "code": 80.0}))
+          for seed, p in ((42, 85.0), (137, 95.0), (271, 80.0))]
+    study = A.Study(build(tmp_path, {"q1": ("variants", ms)}, margin=0.10))
+    lines = report._floors(study)
+    text = "\n".join(lines)
+    assert "| stage | arm | seeds | a | code (ood) |" in text
+    assert "| q1 | cart | 3 | 0.850 (worst 0.950; 2/3) | 0.500 (worst 0.500; 3/3) |" in text
