@@ -21,23 +21,26 @@ def test_tier_plans_parse_with_every_stage(tier, extra):
 
 
 def test_cpu_plan_is_the_five_question_study(tmp_path):
-    """The cpu tier: five questions, three seeds per arm, verdicts only above 0.9 x the n-gram floor; arms that
-    name the same configuration share one run (39 trainings)."""
+    """The cpu tier: five questions (Q1 with its follow-up, the fix of the contractive gate), three seeds per arm,
+    verdicts only above 0.9 x the n-gram floor; arms that name the same configuration share one run (42 trainings)."""
     plan = load_plan("cpu")
-    assert list(plan.stages) == ["q1_gate", "q2_parity", "q2_control", "q3_decay", "q4_train", "q4_vary_r", "q5_p_vs_r"]
+    assert list(plan.stages) == ["q1_gate", "q1_fix", "q2_parity", "q2_control", "q3_decay", "q4_train", "q4_vary_r", "q5_p_vs_r"]
     assert plan.metric == "in_domain" and plan.floor_margin == pytest.approx(0.10)
     assert all(st.raw.get("question") for st in plan.stages.values())
     with Store(tmp_path) as s:
         s.bind(tier="cpu")
         expand(plan, s, [st for n, st in plan.stages.items() if n != "q4_vary_r"])
         assert all(len({m["seed"] for m in s.members(n)}) == 3 for n in plan.stages if n != "q4_vary_r")
-        assert len(s.runs()) == 39
+        assert len(s.runs()) == 42
         q1 = {m["tags"]["variant"]: m["run_id"] for m in s.members("q1_gate") if m["seed"] == 42}
         q3 = {m["tags"]["variant"]: m["run_id"] for m in s.members("q3_decay") if m["seed"] == 42}
         ref = next(m["run_id"] for m in s.members("q2_parity") if m["label"] == "cart-d192-s42")
         assert q1["paper"] == q3["decayed"] and q1["stable"] == ref
         assert s.run(q3["exempt"]).spec["train"]["decay_everything"] is False
         assert s.run(q1["residual"]).spec["model"]["lti_gate"] is False
+        fix = next(m["run_id"] for m in s.members("q1_fix") if m["seed"] == 42)
+        assert {k: s.run(fix).spec["model"][k] for k in ("fidelity", "gate_init", "hyper_init_gap")} == \
+            {"fidelity": "stable", "gate_init": 0.99, "hyper_init_gap": 1.0}
 
 
 def test_paper_plan_expands_to_the_published_grid(tmp_path):

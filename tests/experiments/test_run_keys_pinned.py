@@ -33,6 +33,7 @@ PINNED = {
     "smoke/vary_r_train": (2, "aac6e9c25259c0e75a35be85e385be28"),
     "smoke/vary_r": (3, "88c6e2551a077135508da440a7175279"),
     "cpu/q1_gate": (12, "289611b476c00440fae829e60b188c23"),
+    "cpu/q1_fix": (3, "b5ab6617a98e459843093da481c08498"),
     "cpu/q2_parity": (9, "e4dad9fc58860abfc5704ca378efc26c"),
     "cpu/q2_control": (6, "76e77e9e45a5ebbd0d8fe9138847eb83"),
     "cpu/q3_decay": (6, "6045b2f9710e2b63997efccb475dd6c9"),
