@@ -521,7 +521,10 @@ class CartModel(nn.Module):
             if self.anchor is not None and not c.freeze_kv:
                 kv = self.anchor(h_tilde, slot(loops_at + r))  # ablation: K/V recomputed from the loop state
             u = core(h_tilde, step, kv, slot(loops_at + r) if self.anchor is None else None)
-            h = self.gate(h_tilde, u) if self.gate is not None else u
+            if self.gate is not None:
+                h = self.gate(h_tilde, u)
+            else:  # no gate = A fixed at 1: paper h = h~ + u (the published disable_lti), stable h = u
+                h = h_tilde + u if c.fidelity == "paper" else u
             if hidden is not None:
                 hidden.append(h)
             states = [h, states[0], states[1]]

@@ -7,6 +7,8 @@ given a made-up perplexity fixed by its name, so that derived stages (Stage 2) a
 (vary_r, tasks) expand too. Per stage: the member count and the sha256 of its sorted (label, run key)
 pairs; the first run key of the first stage of `smoke`, `cpu` and `paper` in full. A deliberate change
 to a shipped plan changes its stages' pins: recompute them with `_keys` and say so in the commit.
+Recomputed: cpu Q2, Q4 and Q5 when paper fidelity became the default and the cpu plan's base (Q1's
+winner); Q1, Q1b and Q3 name their fidelity and kept their keys.
 """
 import hashlib
 import json
@@ -34,12 +36,12 @@ PINNED = {
     "smoke/vary_r": (3, "88c6e2551a077135508da440a7175279"),
     "cpu/q1_gate": (12, "289611b476c00440fae829e60b188c23"),
     "cpu/q1_fix": (3, "b5ab6617a98e459843093da481c08498"),
-    "cpu/q2_parity": (9, "e4dad9fc58860abfc5704ca378efc26c"),
-    "cpu/q2_control": (6, "76e77e9e45a5ebbd0d8fe9138847eb83"),
+    "cpu/q2_parity": (9, "2cfe99aa553c0b97a6f46d04d9d9b2e8"),
+    "cpu/q2_control": (6, "725b73cb2d1cc0dc93eb5be8e29d5625"),
     "cpu/q3_decay": (6, "6045b2f9710e2b63997efccb475dd6c9"),
-    "cpu/q4_train": (9, "b9e70198e5c4c9297af0cbded6571985"),
-    "cpu/q4_vary_r": (9, "071300a68b939f6d9e0791b66a175fc8"),
-    "cpu/q5_p_vs_r": (12, "f72a0f8a5e70476a5ad43664bb4fe09c"),
+    "cpu/q4_train": (9, "03c7798d75d3b5f581a960f1eb682c06"),
+    "cpu/q4_vary_r": (9, "e805c4f009988659aa6e245d6c605837"),
+    "cpu/q5_p_vs_r": (12, "eafbec7c9db77d9124a18b006bee2c4e"),
     "paper/stage1": (64, "55ee88f37e08ad94943b157d6850a36b"),
     "paper/stage2": (36, "5fe7f839888ecfe50adc785668c67d21"),
     "paper/parity": (39, "2a518ff7d2a5cef1cd5c7d25a1f7c509"),

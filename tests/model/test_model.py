@@ -13,15 +13,16 @@ V, T = 97, 12
 BASE = dict(vocab_size=V, d_model=128, max_seq_len=32, n_prelude=2, n_loops=3)
 
 CART_VARIANTS = {
-    "stable": {},
-    "paper": {"fidelity": "paper"},
+    "stable": {"fidelity": "stable"},
+    "paper": {"fidelity": "paper"},  # the default
     "unfrozen_kv": {"freeze_kv": False},
     "r1": {"n_loops": 1},
     "unshared_core": {"share_core": False},
     "unshared_self_attn_core": {"share_core": False, "core_attention": "self"},
     "shared_self_attn_core": {"core_attention": "self"},
     "no_hyper": {"hyper_connections": False},
-    "no_gate": {"lti_gate": False},
+    "no_gate": {"lti_gate": False},  # paper fidelity: h = h~ + u
+    "no_gate_stable": {"fidelity": "stable", "lti_gate": False},  # h = u
     "no_loop_embedding": {"loop_embedding": False},
     "paper_unfrozen_unshared": {"fidelity": "paper", "freeze_kv": False, "share_core": False},
     "no_prelude": {"n_prelude": 0},
@@ -113,7 +114,7 @@ def test_gradients_reach_every_parameter(name):
 def test_fidelity_differs_exactly_in_gate_and_blend():
     """Same parameters; carried-state coefficient A (stable) vs 1 + A (paper); blend init per SPEC."""
     torch.manual_seed(1)
-    s = build_model(CARTConfig(**BASE))
+    s = build_model(CARTConfig(**{**BASE, "fidelity": "stable"}))
     torch.manual_seed(1)
     p = build_model(CARTConfig(**{**BASE, "fidelity": "paper"}))
     assert [n for n, _ in s.named_parameters()] == [n for n, _ in p.named_parameters()]
@@ -160,7 +161,7 @@ def test_stable_loop_contracts_paper_loop_does_not():
     """Measured at init: stable's loop map is (nearly) contractive, the published double residual is not."""
     torch.manual_seed(0)
     x = torch.randint(0, V, (2, T))
-    js = loop_jacobian_norm(build_model(CARTConfig(**{**BASE, "n_loops": 4})).eval(), x)
+    js = loop_jacobian_norm(build_model(CARTConfig(**{**BASE, "n_loops": 4, "fidelity": "stable"})).eval(), x)
     torch.manual_seed(0)
     jp = loop_jacobian_norm(build_model(CARTConfig(**{**BASE, "n_loops": 4, "fidelity": "paper"})).eval(), x)
     assert jp > 1.5 and js < 1.2 and jp > js + 0.5

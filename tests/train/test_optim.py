@@ -21,7 +21,7 @@ def _groups(cfg, **kw):
 
 
 def test_stable_exempts_gates_blend_norms_and_loop_embedding():
-    model, decayed, exempt = _groups(CARTConfig(**SMALL))
+    model, decayed, exempt = _groups(CARTConfig(fidelity="stable", **SMALL))
     assert {"gate.a", "hyper.logits", "loop_embed.proj.weight", "norm.weight", "coda.norm_attn.weight"} <= exempt
     assert exempt == model.no_decay_parameter_names()
     assert {"embed.weight", "cores.0.attn.w_q.weight", "prelude.0.mlp.w_down.weight"} <= decayed
@@ -34,7 +34,7 @@ def test_paper_fidelity_decays_everything():
     # and the override works both ways
     _, _, exempt = _groups(CARTConfig(fidelity="paper", **SMALL), decay_everything=False)
     assert "gate.a" in exempt
-    _, _, exempt = _groups(CARTConfig(**SMALL), decay_everything=True)
+    _, _, exempt = _groups(CARTConfig(fidelity="stable", **SMALL), decay_everything=True)
     assert not exempt
 
 
