@@ -141,7 +141,7 @@ def test_cli_sweep_run_status_export_print_commands(tmp_path, fake_env, monkeypa
     assert (study / "results.json").is_file()
     assert main(["report", str(study)]) == 0
     md = (study / "report" / "report.md").read_text()
-    for section in ("Stage 1", "Stage 2", "Parity", "Gap decomposition", "Ablations", "Homogeneous control", "Published code vs stable default",
+    for section in ("Stage 1", "Stage 2", "Parity", "Gap decomposition", "Ablations", "Homogeneous control", "Published code vs the contractive (stable) gate",
                     "Variable R at inference", "findings"):
         assert section in md, section
     figs = sorted(p.name for p in (study / "report" / "figures").glob("*.png"))
