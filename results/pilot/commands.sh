@@ -4,7 +4,8 @@
 # its validation ppl beside the token-matched Kneser-Ney bigram at every eval (ngram_floors=every_eval).
 # One thread each (the machine is shared); tokens-to-floor does not depend on the thread count.
 set -euo pipefail
-common=(--eval-tokens 16384 --final-eval-tokens 16384 --ngram-floors every_eval --ckpt-every 500 --keep-checkpoints 1 --tensorboard false)
+# --fidelity stable: the default when the pilot ran (paper fidelity is the default since the cpu study's Q1)
+common=(--fidelity stable --eval-tokens 16384 --final-eval-tokens 16384 --ngram-floors every_eval --ckpt-every 500 --keep-checkpoints 1 --tensorboard false)
 # A: the README main job's shape (d192 P2 R4, 8k BPE, seq 256, batch 16, lr 2e-3), trained 3.75x longer
 OMP_NUM_THREADS=1 cart train --preset main --out-dir runs/pilot/A --steps 3000 --eval-every 250 "${common[@]}"
 # C: the same shape on a 4k BPE (cart data prepare results/pilot/cpu-v4096.toml), 1,500 steps (6.1M tokens)
