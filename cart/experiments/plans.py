@@ -606,7 +606,8 @@ def expand(plan: Plan, store: Store, stages: list[Stage] | None = None) -> int:
             raise PlanError(str(e.within(f"{plan.source}: stage {stage.name!r}"))) from None
         except (ValueError, TypeError) as e:
             raise PlanError(f"{plan.source}: stage {stage.name!r}: {e}") from None
-        definition = {"kind": stage.kind, "title": stage.title, "raw": stage.raw, "metric": plan.metric, "tier": plan.tier}
+        definition = {"kind": stage.kind, "title": stage.title, "index": stage.index, "raw": stage.raw, "metric": plan.metric,
+                      "tier": plan.tier}
         if store.add_stage(stage.name, definition, derivation, members):
             n += 1
     return n

@@ -430,6 +430,23 @@ def _floors_per_set(study: A.Study, rows: list[dict]) -> list[str]:
             table(head, trs), ""]
 
 
+def _share(x: float | None) -> str:
+    """A fraction as a whole percentage ("—" if unknown; never "-0 %")."""
+    if x is None:
+        return "—"
+    pct = round(100 * x)
+    return f"{pct if pct else 0} %"
+
+
+def _arm(m: A.Member) -> str:
+    """A member's arm: its variant, else its shape (d, P, R or layers)."""
+    t = m.tags
+    if t.get("variant"):
+        return str(t["variant"])
+    shape = f"P{t.get('P')} R{t.get('R')}" if t.get("arch") == "cart" else f"{t.get('layers')}L"
+    return f"d{t.get('d')} {shape}"
+
+
 def _rho(study: A.Study, figs: Figures, paper: bool) -> list[str]:
     rows, seen = [], set()
     for st in study.stages:
@@ -446,21 +463,27 @@ def _rho(study: A.Study, figs: Figures, paper: bool) -> list[str]:
            "\"decay explains\" = the decay-only change of σ(a) as a share of the measured change of the mean gate at the "
            "last logged step. And the measured contraction of the loop, mean over loops of ‖h_{r+1} − h_r‖ / ‖h_r − h_{r−1}‖ "
            "at the last logged step (SPEC §6.3).", ""]
-    head = ["stage", "fidelity", "d", "P", "R", "seed", "decay on gate", "ρ final", "gate mean final", "decay alone",
+    head = ["stage", "arm", "fidelity", "d", "P", "R", "seed", "decay on gate", "ρ final", "gate mean final", "decay alone",
             "decay explains", "contraction"]
-    trs = [[r["stage"], r["fidelity"], r["d"], r["P"], r["R"], r["seed"], {True: "yes", False: "no", None: "—"}[r["decayed"]],
-            _fmt(r["rho"], 4), _fmt(r["gate_mean"], 4), _fmt(r["decay_only"], 4),
-            "—" if r["explained"] is None else f"{100 * r['explained']:.0f} %", _fmt(r["contraction"], 3)] for r in rows]
+    trs = [[r["stage"], _arm(r["member"]), r["fidelity"], r["d"], r["P"], r["R"], r["seed"],
+            {True: "yes", False: "no", None: "—"}[r["decayed"]], _fmt(r["rho"], 4), _fmt(r["gate_mean"], 4),
+            _fmt(r["decay_only"], 4), _share(r["explained"]), _fmt(r["contraction"], 3)] for r in rows]
     out += [table(head, trs), ""]
     if paper:
         out += [f"Paper: ρ at the end of Stage 2 in {PUB.RHO_STAGE2_RANGE}; d1024 R6 trajectory {PUB.RHO_TRAJECTORY_1024_R6}.", ""]
     plt = figs.plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    shown = [r for r in rows if r["gate"] and r["gate"]["series"]["gate_mean"]][:8]
+    # one seed per (stage, arm), so that every arm with a gate is drawn
+    shown, arms = [], set()
+    for r in rows:
+        if r["gate"] and r["gate"]["series"]["gate_mean"] and (r["stage"], _arm(r["member"])) not in arms:
+            arms.add((r["stage"], _arm(r["member"])))
+            shown.append(r)
+    shown = shown[:len(colors)]
     for i, r in enumerate(shown):
         g, col = r["gate"], colors[i % len(colors)]
-        lab = f"{r['stage']} d{r['d']} R{r['R']} {r['fidelity']} s{r['seed']}"
+        lab = f"{r['stage']} {_arm(r['member'])} s{r['seed']}"
         mean = g["series"]["gate_mean"]
         axes[0].plot([a for a, _ in mean], [b for _, b in mean], color=col, lw=1, label=f"{lab}: mean")
         mx = g["series"]["gate_max"]

@@ -133,3 +133,44 @@ def test_report_shows_each_held_out_set_against_its_floor(tmp_path):
     text = "\n".join(lines)
     assert "| stage | arm | seeds | a | code (ood) |" in text
     assert "| q1 | cart | 3 | 0.850 (worst 0.950; 2/3) | 0.500 (worst 0.500; 3/3) |" in text
+
+
+def _one_member_stage(seed=42):
+    return [("cart", {"variant": "cart", "seed": seed}, {}, _finals({"a": 80.0}, {"a": 100.0}))]
+
+
+def test_stages_follow_the_plan_not_the_order_they_were_planned_in(tmp_path):
+    """A resumed study plans stages in whatever order its sweeps ran; the report keeps the plan's order."""
+    from cart.experiments.plans import load_plan
+
+    plan = load_plan("cpu")
+    late_first = ["q3_decay", "q1_gate", "q2_control", "q1_fix"]
+    store = build(tmp_path, {name: ("variants", _one_member_stage()) for name in late_first})
+    store.bind(plan_source="cpu")
+    assert A.Study(store).stages == sorted(late_first, key=lambda n: plan.stages[n].index)
+    assert A.Study(store).stages[:2] == ["q1_gate", "q1_fix"]
+
+
+def test_stage_order_recorded_at_planning_wins_and_unknown_plans_keep_planning_order(tmp_path):
+    store = build(tmp_path, {"b": ("variants", _one_member_stage()), "a": ("variants", _one_member_stage(137))})
+    store.bind(plan_source="no/such/plan.toml")
+    assert A.Study(store).stages == ["b", "a"]  # no index recorded, plan unreadable: the order they were planned in
+    with store.transaction() as db:
+        for name, index in (("a", 0), ("b", 1)):
+            d = store.stage_expanded(name)["definition"]
+            d["index"] = index
+            db.execute("UPDATE stages SET definition = ? WHERE name = ?", (__import__("json").dumps(d), name))
+    assert A.Study(store).stages == ["a", "b"]
+
+
+def test_planning_records_each_stage_position(tmp_path):
+    from cart.experiments.plans import expand, parse_plan
+
+    plan = parse_plan({"tier": "t", "metric": "a", "train": {"steps": 2, "seq_len": 16},
+                       "model": {"vocab_size": 64, "max_seq_len": 16, "d_model": 64, "n_prelude": 1, "n_loops": 1},
+                       "stage": {"z": {"kind": "grid", "seeds": [1], "grid": {"n_loops": [1]}},
+                                 "y": {"kind": "grid", "seeds": [1], "grid": {"n_loops": [2]}}}}, "t.toml")
+    with Store(tmp_path) as s:
+        s.bind(tier="t")
+        assert expand(plan, s) == 2
+        assert [s.stage_expanded(n)["definition"]["index"] for n in ("z", "y")] == [0, 1]

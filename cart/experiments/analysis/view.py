@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cart.experiments.analysis.stats import Stat
+from cart.experiments.plans import PlanError, load_plan
 from cart.experiments.store import Store
 
 IN_DOMAIN = "in_domain"
@@ -123,7 +124,27 @@ class Study:
 
     @property
     def stages(self) -> list[str]:
-        return list(self._members)
+        """The study's stages in plan order: the position each stage was planned at (recorded since
+        stages carry an `index`), else its position in the plan file the study names, else the order
+        in which the stages were planned."""
+        names = list(self._members)
+        order = self._plan_order()
+        return sorted(names, key=lambda n: (order.get(n, len(order)), names.index(n)))
+
+    def _plan_order(self) -> dict[str, int]:
+        recorded = {}
+        for n in self._members:
+            d = (self.store.stage_expanded(n) or {}).get("definition") or {}
+            if isinstance(d.get("index"), int):
+                recorded[n] = d["index"]
+        if len(recorded) == len(self._members):
+            return recorded
+        source = self.store.meta("plan_source") or self.store.meta("tier")
+        try:
+            plan = load_plan(source) if source else None
+        except (PlanError, OSError):
+            plan = None
+        return {n: st.index for n, st in plan.stages.items()} if plan is not None else recorded
 
     def members(self, stage: str, done: bool = True) -> list[Member]:
         return [m for m in self._members.get(stage, []) if m.status == "done" or not done]
