@@ -63,7 +63,7 @@ def _cmp_cells(c) -> list[str]:
         return ["—", "—"]
     if not c.tested:
         return [_pct(c.rel, 2), f"n = {c.n_a} vs {c.n_b}: not tested"]
-    return [f"{_pct(c.rel, 2)} [{_pct(c.ci[0], 1)}, {_pct(c.ci[1], 1)}]", f"p = {c.p:.3f}, MDE {100 * c.mde:.1f} %"]
+    return [f"{_pct(c.rel, 2)} [{_pct(c.ci[0], 1)}, {_pct(c.ci[1], 1)}]", f"{A.p_text(c.p)}, MDE {100 * c.mde:.1f} %"]
 
 
 def _floor_note(study: A.Study, below: list) -> list[str]:
@@ -513,7 +513,7 @@ def _vary_r(study: A.Study, figs: Figures, paper: bool, stage: str = "vary_r", t
     rows = A.vary_r(study, stage)
     if not rows:
         return []
-    sets = study.valsets()
+    sets = ([A.IN_DOMAIN] if study.metric == A.IN_DOMAIN else []) + study.valsets()
     out = [f"## {title or 'Variable R at inference'}", "",
            "Each model run at other loop counts without fine-tuning (`cart eval vary-r`); models that differ only in their "
            "seed are pooled (mean ± std over seeds per R), with the measured contraction at each R.", ""]

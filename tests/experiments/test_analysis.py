@@ -174,3 +174,53 @@ def test_planning_records_each_stage_position(tmp_path):
         s.bind(tier="t")
         assert expand(plan, s) == 2
         assert [s.stage_expanded(n)["definition"]["index"] for n in ("z", "y")] == [0, 1]
+
+
+def _claim_study(tmp_path, vary_r_ppl: dict[int, tuple[float, float, float]], seeds=(42, 137, 271)):
+    """A cpu-style study: the paper's claims found by stage kind, under the plan's own stage names
+    (q2_parity, q4_train + q4_vary_r). vary_r_ppl: R -> ppl per seed of the model trained at R = 4."""
+    from cart.experiments.store import spec_key
+
+    fin = lambda p: _finals({"a": p}, {"a": 200.0})  # noqa: E731
+    parity = [(f"{role}-{target}-s{seed}", {"seed": seed, "role": role, "target": target, "layers": layers, **({"arch": "dense"} if layers else {})},
+               {"R": 4} if not layers else {"R": 1 + layers}, fin(ppl * (1 + 0.01 * i)))
+              for i, seed in enumerate(seeds)
+              for role, target, layers, ppl in (("reference", None, None, 100.0), ("dense", "stored", 4, 110.0),
+                                                ("dense", "effective", 6, 90.0))]
+    train = [(f"fixed_r4-s{seed}", {"seed": seed, "variant": "fixed_r4"}, {"P": 3, "R": 4}, fin(100.0)) for seed in seeds]
+    store = build(tmp_path, {"q2_parity": ("parity", parity), "q4_train": ("variants", train)})
+    runs = {r.name.rsplit("-", 1)[0]: r for r in store.runs()}  # names end in the key
+    reqs, rows_of = [], {}
+    for seed_i, seed in enumerate(seeds):
+        src = runs[f"q4_train-fixed_r4-s{seed}"]
+        spec = {"kind": "eval", "eval": "vary_r", "of": src.key, "loops": sorted(vary_r_ppl), "args": {}}
+        r = RunRequest(name=f"q4_vary_r-s{seed}", kind="eval", spec=spec, tier="test", seed=seed)
+        reqs.append((f"fixed_r4-s{seed}", {"arch": "cart", "d": 64, "P": 2, "R": 4, "seed": seed, "variant": "fixed_r4",
+                                           "source_stage": "q4_train"}, r))
+        rows_of[spec_key(spec)] = {"trained_loops": 4, "rows": [{"n_loops": R, "contraction_mean": 0.9, "ppl": {
+            "a": {"ppl": v[seed_i], "loss": math.log(v[seed_i]), "tokens": 1000, "out_of_domain": False},
+            "code": {"ppl": 40.0, "loss": math.log(40.0), "tokens": 500, "out_of_domain": True}}}
+                                                                for R, v in vary_r_ppl.items()]}
+    assert store.add_stage("q4_vary_r", {"kind": "vary_r", "title": "q4", "raw": {}}, None, reqs)
+    while (run := store.claim("w", 60)) is not None:
+        assert store.finish(run, summary=rows_of[run.key], finals={}, metrics=[])
+    return A.Study(store)
+
+
+def test_claims_are_found_by_stage_kind_and_vary_r_is_tested_over_seeds(tmp_path):
+    study = _claim_study(tmp_path, {1: (300.0, 520.0, 410.0), 4: (100.0, 170.0, 140.0), 8: (104.0, 176.0, 146.0)})
+    f = {x["id"]: x for x in A.findings(study)}
+    assert {"dense_stored", "dense_effective", "vary_r"} <= set(f)
+    assert "CART vs dense 4L" in f["dense_stored"]["ours"] and f["dense_stored"]["verdict"].startswith("contradicted")
+    assert "CART vs dense 6L" in f["dense_effective"]["ours"] and f["dense_effective"]["verdict"] == "reproduced"
+    # both sides worse in every seed, by a steady factor: the paired test over the three models says so
+    assert f["vary_r"]["verdict"] == "reproduced"
+    curve = A.vary_r(study, "q4_vary_r")[0]["curve"]
+    assert curve[1]["ppl"] == {"a": 300.0, "code": 40.0, "in_domain": pytest.approx(300.0)}  # the mix leaves ood out
+    assert "q4_train: fixed_r4 (trained R4): R1 +" in f["vary_r"]["ours"] and "R8 +" in f["vary_r"]["ours"]
+
+
+def test_vary_r_claim_is_one_sided_when_more_loops_do_not_hurt(tmp_path):
+    study = _claim_study(tmp_path, {1: (300.0, 520.0, 410.0), 4: (100.0, 170.0, 140.0), 8: (101.0, 168.0, 141.0)})
+    f = {x["id"]: x for x in A.findings(study)}
+    assert f["vary_r"]["verdict"] == "undetermined or one-sided: R1 worse, R8 no significant change"

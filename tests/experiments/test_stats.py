@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from cart.experiments.analysis.stats import (Stat, directional_verdict, equivalent, null_verdict, ranks, spearman, t_cdf,
-                                             t_ppf, welch)
+from cart.experiments.analysis.stats import (Stat, directional_verdict, equivalent, null_verdict, p_text, paired, ranks, spearman,
+                                             t_cdf, t_ppf, welch)
 
 
 @pytest.mark.parametrize("df,q", [(1, 12.706205), (2, 4.302653), (4, 2.776445), (30, 2.042272), (1000, 1.962339)])
@@ -68,3 +68,27 @@ def test_ranks_and_spearman():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert ranks([3.0, 1.0, 3.0]) == [2.5, 1.0, 2.5]
     assert spearman([1, 2], [1, 2]) is None
+
+
+def test_paired_test_uses_the_within_pair_differences():
+    """Three models measured two ways: the pairs differ by a steady ~+10 % while the models differ a lot
+    between themselves, so the paired test finds what Welch on the same numbers cannot."""
+    base = [50.0, 80.0, 120.0]
+    other = [b * f for b, f in zip(base, (1.09, 1.10, 1.11))]
+    c = paired(other, base)
+    d = [math.log(f) for f in (1.09, 1.10, 1.11)]
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+    assert c.rel == pytest.approx(math.expm1(mean)) and c.se == pytest.approx(sd / math.sqrt(3)) and c.df == 2
+    h = 4.302653 * sd / math.sqrt(3)
+    assert c.ci[0] == pytest.approx(math.expm1(mean - h), rel=1e-5) and c.ci[1] == pytest.approx(math.expm1(mean + h), rel=1e-5)
+    assert c.significant and directional_verdict(c, +1) == "reproduced"
+    assert not welch(other, base).significant
+    assert not paired([60.0], [50.0]).tested  # one pair: described, not tested
+    with pytest.raises(ValueError, match="equally many"):
+        paired([1.0, 2.0], [1.0])
+
+
+def test_p_values_read_as_text():
+    assert p_text(0.0004) == "p < 0.001" and p_text(0.0123) == "p = 0.012"
+    assert "p < 0.001" in paired([2.0, 3.0, 4.0], [1.0, 1.5, 2.1]).text()

@@ -21,7 +21,7 @@ from typing import Callable
 
 from cart.experiments import published as PUB
 from cart.experiments.analysis import comparisons as C
-from cart.experiments.analysis.stats import Comparison, directional_verdict, null_verdict
+from cart.experiments.analysis.stats import Comparison, directional_verdict, null_verdict, paired
 from cart.experiments.analysis.view import Member, Study
 
 NULL_MARGIN = 0.02  # a "no effect" claim is reproduced when the effect is shown to lie within ±2 %
@@ -40,8 +40,9 @@ class Claim:
     paper: Callable[[], str]            # the published numbers, from published.py
     measure: str                        # how a study measures it
     rule: str                           # how the measurement becomes a verdict
-    needs: tuple[str, ...]              # stages the study must have
+    needs: tuple[str, ...]              # stages the study must have, by name
     evaluate: Callable[[Study], Finding | None]
+    kinds: tuple[str, ...] = ()         # stage kinds the study must have at least one stage of (any name)
 
 
 def _pct(v: float | None, digits: int = 1) -> str:
@@ -110,24 +111,26 @@ def _rank_reversal(study: Study) -> Finding | None:
 
 def _parity(target: str) -> Callable[[Study], Finding | None]:
     def ev(study: Study) -> Finding | None:
-        rows = [r for r in C.parity_gaps(study) if r["target"] == target]
-        if target == "effective":  # where the paper's hand-picked depth ran too (d = 1024: 12 layers), it is the comparison
-            extra = {r["d"]: r for r in C.parity_gaps(study) if r["target"] == "extra"}
-            rows = [extra.get(r["d"], r) for r in rows]
-        if not rows:
-            return None
+        stages = study.stages_of_kind("parity")
         txt, verdicts = [], []
-        for r in rows:
-            txt.append(f"d{r['d']}: CART vs dense {r['layers']}L {r['gap'].text()}")
-            members = _parity_members(study, r)
-            verdicts.append(_tested(study, members, r["gap"], lambda c: directional_verdict(c, +1)))
-        return Finding("; ".join(txt), _combine(verdicts))
+        for stage in stages:
+            gaps = C.parity_gaps(study, stage)
+            rows = [r for r in gaps if r["target"] == target]
+            if target == "effective":  # where the paper's hand-picked depth ran too (d = 1024: 12 layers), it is the comparison
+                extra = {r["d"]: r for r in gaps if r["target"] == "extra"}
+                rows = [extra.get(r["d"], r) for r in rows]
+            where = f"{stage}, " if len(stages) > 1 else ""
+            for r in rows:
+                txt.append(f"{where}d{r['d']}: CART vs dense {r['layers']}L {r['gap'].text()}")
+                members = _parity_members(study, stage, r)
+                verdicts.append(_tested(study, members, r["gap"], lambda c: directional_verdict(c, +1)))
+        return Finding("; ".join(txt), _combine(verdicts)) if txt else None
     return ev
 
 
-def _parity_members(study: Study, row: dict) -> list[Member]:
+def _parity_members(study: Study, stage: str, row: dict) -> list[Member]:
     out = []
-    for m in study.members("parity"):
+    for m in study.members(stage):
         if m.tags.get("d") != row["d"]:
             continue
         if m.tags.get("role") == "reference" or m.tags.get("layers") == row["layers"]:
@@ -148,9 +151,19 @@ def _ablation(variant: str, sign: int | None) -> Callable[[Study], Finding | Non
     return ev
 
 
+def _gate_rows(study: Study) -> list[dict]:
+    """`rho_summary` of every finished CART run in the study, once each (stages share runs)."""
+    rows, seen = [], set()
+    for st in study.stages:
+        for r in C.rho_summary(study, st):
+            if r["member"].run_id not in seen:
+                seen.add(r["member"].run_id)
+                rows.append(r)
+    return rows
+
+
 def _rho_decay(study: Study) -> Finding | None:
-    rows = [r for st in ("stage2", "fidelity", "q3_decay") if st in study.stages for r in C.rho_summary(study, st)]
-    rows = [r for r in rows if r["gate"] and r["gate"].get("final") and r["decayed"]]
+    rows = [r for r in _gate_rows(study) if r["gate"] and r["gate"].get("final") and r["decayed"]]
     if not rows:
         return None
     expl = sorted(r["explained"] for r in rows if r["explained"] is not None)
@@ -172,10 +185,9 @@ def _rho_decay(study: Study) -> Finding | None:
 
 def _contraction(study: Study) -> Finding | None:
     by_f: dict[str, list[float]] = {}
-    for st in study.stages:
-        for r in C.rho_summary(study, st):
-            if r["contraction"] is not None:
-                by_f.setdefault(str(r["fidelity"]), []).append(r["contraction"])
+    for r in _gate_rows(study):
+        if r["contraction"] is not None and r["gate"] is not None:  # the gate's claim: runs with a gate
+            by_f.setdefault(str(r["fidelity"]), []).append(r["contraction"])
     if not by_f:
         return None
     txt = "; ".join(f"{f}: {min(v):.2f}–{max(v):.2f} (n = {len(v)})" for f, v in sorted(by_f.items()))
@@ -190,20 +202,40 @@ def _contraction(study: Study) -> Finding | None:
 
 
 def _vary_r(study: Study) -> Finding | None:
-    parts = []
-    for r in C.vary_r(study):
-        curve = {R: c for R, c in r["curve"].items() if isinstance(R, int)}
-        vals = {R: c["ppl"].get(study.metric) for R, c in curve.items()}
-        vals = {R: v for R, v in vals.items() if v is not None}
-        tr = r["trained_R"]
-        if r["loop_sampling"] != "fixed" or tr not in vals:
+    """Per model trained at a fixed R (seeds pooled): ppl at the fewest and the most loops evaluated
+    against the trained R, each a paired t-test over the seeds (the same models run two ways)."""
+    groups: dict[tuple, list[dict]] = {}
+    for stage in study.stages_of_kind("vary_r"):
+        for r in C.vary_r(study, stage):
+            if r["loop_sampling"] == "fixed":
+                groups.setdefault((r["source_stage"], r["variant"] or r["label"], r["trained_R"]), []).append(r)
+    parts, verdicts = [], []
+    for (src, name, tr), rs in groups.items():
+        vals = [{R: c["ppl"].get(study.metric) for R, c in r["curve"].items() if isinstance(R, int)} for r in rs]
+        vals = [{R: v for R, v in v_.items() if v is not None} for v_ in vals]
+        Rs = sorted(set.intersection(*(set(v) for v in vals)))
+        if tr not in Rs or len(Rs) < 2:
             continue
-        lo, hi = min(vals), max(vals)
-        parts.append(f"{r['label']}: R{lo} {_pct(vals[lo] / vals[tr] - 1)}, R{hi} {_pct(vals[hi] / vals[tr] - 1)} vs the trained "
-                     f"R{tr}; best R = {min(vals, key=vals.get)}")
+        sides = []
+        for R in (Rs[0], Rs[-1]):
+            if R == tr:
+                continue
+            c = paired([v[R] for v in vals], [v[tr] for v in vals])
+            sides.append((R, c))
+        label = f"{src}: {name}" if src else str(name)
+        parts.append(f"{label} (trained R{tr}): " + "; ".join(f"R{R} {c.text()}" for R, c in sides))
+        if len(rs) < 2:
+            verdicts.append("single model per curve, not tested")
+        elif all(c.significant and c.rel > 0 for _, c in sides) and len(sides) == 2:
+            verdicts.append("reproduced")
+        elif any(c.significant and c.rel < 0 for _, c in sides):
+            verdicts.append("not reproduced: more or fewer loops than trained is better, significantly")
+        else:
+            verdicts.append("undetermined or one-sided: " + ", ".join(
+                f"R{R} {'worse' if c.significant and c.rel > 0 else 'no significant change'}" for R, c in sides))
     if not parts:
         return None
-    return Finding("; ".join(parts), "single model per curve, not tested")
+    return Finding("; ".join(parts), _combine(verdicts))
 
 
 def _zero_shot(study: Study) -> Finding | None:
@@ -244,11 +276,11 @@ CLAIMS: list[Claim] = [
     Claim("dense_stored", "Dense beats CART at stored-parameter parity",
           lambda: f"CART {PUB.PARITY_1024['cart']} vs dense 7L {PUB.PARITY_1024['dense_stored_7L']} (d = 1024, 3 seeds)",
           "CART (P6 R6) vs the dense depth nearest CART's stored parameters, per width, over seeds",
-          "directional Welch test (CART above dense)", ("parity",), _parity("stored")),
+          "directional Welch test (CART above dense)", (), _parity("stored"), kinds=("parity",)),
     Claim("dense_effective", "Dense beats CART at effective-parameter parity",
           lambda: f"CART {PUB.PARITY_1024['cart']} vs dense 12L {PUB.PARITY_1024['dense_effective_12L']} (d = 1024, 3 seeds)",
           "CART vs the dense depth nearest CART's effective parameters (the paper's own 12 layers where the plan runs "
-          "them as an extra depth)", "directional Welch test (CART above dense)", ("parity",), _parity("effective")),
+          "them as an extra depth)", "directional Welch test (CART above dense)", (), _parity("effective"), kinds=("parity",)),
     Claim("unshared_core", "Unsharing the core (R distinct blocks) helps",
           lambda: f"{PUB.ABLATIONS['unshared_core']} vs {PUB.ABLATIONS['cart']} (seed 42)",
           "ablation vs the full model at the same seeds", "directional Welch test (variant below CART)", ("ablations",),
@@ -278,19 +310,20 @@ CLAIMS: list[Claim] = [
                   + " → ".join(f"{v} (step {s})" for s, v in PUB.RHO_TRAJECTORY_1024_R6.items()),
           "per run with decay on the gate: the mean σ(a) over training against a_0 · Π(1 − lr_t·wd) under the run's own "
           "schedule; the fraction of the mean's change that decay alone predicts",
-          "reproduced when decay alone explains 75–133 % of the change in every run", ("stage2",), _rho_decay),
+          "reproduced when decay alone explains 75–133 % of the change in every run", (), _rho_decay),
     Claim("contraction", "The LTI gate keeps the recurrence stable (a contractive loop)",
           lambda: "claimed, with ρ = max σ(a) < 1 as the evidence",
           "the measured per-loop ratio ‖h_(r+1) − h_r‖ / ‖h_r − h_(r−1)‖ at the end of training, per fidelity",
-          "reproduced when the published gate's ratio is < 1 in every run", ("stage2",), _contraction),
+          "reproduced when the published gate's ratio is < 1 in every run", (), _contraction),
     Claim("zero_shot", "Zero-shot accuracy of the best model (HellaSwag, ARC-Challenge, LAMBADA, PIQA)",
           lambda: ", ".join(f"{t} {PUB.ZERO_SHOT_METRIC[t]} {v}" for t, v in PUB.ZERO_SHOT_1024.items()) + " (d1024, best R)",
           "`cart eval tasks --tasks paper` on the best model of Stage 2, 0-shot (5-shot beside it in the section)",
           "a single model: described, not tested", ("zero_shot",), _zero_shot),
     Claim("vary_r", "Variable R at inference degrades on both sides of the trained R",
           lambda: f"LAMBADA, d1024 trained at R = 6: {_lambada()}",
-          "each evaluated model's ppl at every R against its trained R", "single model per curve: described, not tested",
-          ("vary_r",), _vary_r),
+          "each model trained at a fixed R: ppl at the fewest and the most loops evaluated against its trained R, "
+          "paired over seeds", "reproduced when both sides are significantly worse (paired t-test on log-ppl); one seed "
+          "per curve: described, not tested", (), _vary_r, kinds=("vary_r",)),
 ]
 
 
@@ -298,7 +331,7 @@ def findings(study: Study, claims: list[Claim] | None = None) -> list[dict]:
     """Every claim the study has the stages for: {id, statement, paper, measure, rule, ours, verdict}."""
     out = []
     for c in claims if claims is not None else CLAIMS:
-        if not all(s in study.stages for s in c.needs):
+        if not all(s in study.stages for s in c.needs) or not all(study.stages_of_kind(k) for k in c.kinds):
             continue
         f = c.evaluate(study)
         if f is None:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from cart.experiments.analysis.stats import Comparison, Stat, spearman, welch
-from cart.experiments.analysis.view import Member, Study
+from cart.experiments.analysis.view import IN_DOMAIN, Member, Study, metric_from_finals
 
 
 def _cmp(study: Study, a: list[Member], b: list[Member], metric: str | None = None) -> Comparison | None:
@@ -306,6 +306,22 @@ def rho_summary(study: Study, stage: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- variable R, throughput, floors
+def _curve_ppl(per_set: dict[str, dict]) -> dict[str, float | None]:
+    """One R's perplexity per set and, when every in-domain set has its loss and token count, the
+    token-weighted in-domain mix (the study's default metric) over the tokens scored at that R."""
+    finals: dict[str, float] = {}
+    for name, r in per_set.items():
+        for k in ("ppl", "loss", "tokens"):
+            if r.get(k) is not None:
+                finals[f"{k}.{name}"] = float(r[k])
+        finals[f"out_of_domain.{name}"] = float(bool(r.get("out_of_domain")))
+    out = {k: v.get("ppl") for k, v in per_set.items()}
+    mix = metric_from_finals(finals, IN_DOMAIN)
+    if mix is not None:
+        out[IN_DOMAIN] = mix
+    return out
+
+
 def vary_r(study: Study, stage: str = "vary_r") -> list[dict]:
     """Per evaluated model: R -> {valset: ppl}, contraction per R, the trained R."""
     out = []
@@ -313,7 +329,7 @@ def vary_r(study: Study, stage: str = "vary_r") -> list[dict]:
         s = study.store.summary(m.run_id) or {}
         curve: dict[Any, dict] = {}
         for row in s.get("rows") or []:
-            curve[row.get("n_loops")] = {"ppl": {k: v.get("ppl") for k, v in (row.get("ppl") or {}).items()},
+            curve[row.get("n_loops")] = {"ppl": _curve_ppl(row.get("ppl") or {}),
                                          "tasks": row.get("tasks") or {}, "contraction": row.get("contraction_mean"),
                                          "mean_loops": row.get("mean_loops")}
         src = study.source_spec(m) or {}

@@ -165,12 +165,13 @@ class Comparison:
         if not self.tested:
             return f"{100 * self.rel:+.1f} % (n = {self.n_a} vs {self.n_b}; single seed, not tested)"
         lo, hi = self.ci
-        return (f"{100 * self.rel:+.1f} % [{100 * lo:+.1f}, {100 * hi:+.1f}], p = {_p(self.p)}, n = {self.n_a} vs {self.n_b} "
+        return (f"{100 * self.rel:+.1f} % [{100 * lo:+.1f}, {100 * hi:+.1f}], {p_text(self.p)}, n = {self.n_a} vs {self.n_b} "
                 f"(MDE {100 * self.mde:.1f} %)")
 
 
-def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+def p_text(p: float) -> str:
+    """'p < 0.001' or 'p = 0.012'."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def welch(a: list[float], b: list[float]) -> Comparison:
@@ -195,6 +196,26 @@ def welch(a: list[float], b: list[float]) -> Comparison:
         t95, t90 = t_ppf(1 - ALPHA / 2, df), t_ppf(0.95, df)
         out.update(se=se, df=df, p=p, ci=(math.expm1(diff - t95 * se), math.expm1(diff + t95 * se)),
                    ci90=(math.expm1(diff - t90 * se), math.expm1(diff + t90 * se)),
+                   mde=math.expm1((t95 + t_ppf(POWER, df)) * se))
+    return Comparison(**out)
+
+
+def paired(a: list[float], b: list[float]) -> Comparison:
+    """Paired t-test on log(a_i) − log(b_i): the same models (seeds) measured two ways, e.g. one model
+    run at two loop counts. `n_a` = `n_b` = the number of pairs."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired: need equally many values, at least one (got {len(a)} and {len(b)})")
+    if min(a) <= 0 or min(b) <= 0:
+        raise ValueError("paired: values must be positive (perplexities)")
+    d = Stat([math.log(x) - math.log(y) for x, y in zip(a, b)])
+    out = dict(n_a=d.n, n_b=d.n, mean_a=sum(a) / len(a), mean_b=sum(b) / len(b), diff=d.mean, rel=math.expm1(d.mean),
+               se=None, df=None, p=None, ci=None, ci90=None, mde=None)
+    if d.n >= 2:
+        se, df = d.sem, float(d.n - 1)
+        p = (0.0 if d.mean else 1.0) if se == 0 else 2.0 * (1.0 - t_cdf(abs(d.mean) / se, df))
+        t95, t90 = t_ppf(1 - ALPHA / 2, df), t_ppf(0.95, df)
+        out.update(se=se, df=df, p=p, ci=(math.expm1(d.mean - t95 * se), math.expm1(d.mean + t95 * se)),
+                   ci90=(math.expm1(d.mean - t90 * se), math.expm1(d.mean + t90 * se)),
                    mde=math.expm1((t95 + t_ppf(POWER, df)) * se))
     return Comparison(**out)
 

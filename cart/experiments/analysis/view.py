@@ -146,6 +146,10 @@ class Study:
             plan = None
         return {n: st.index for n, st in plan.stages.items()} if plan is not None else recorded
 
+    def stages_of_kind(self, kind: str) -> list[str]:
+        """The study's stages of one kind (parity, vary_r, ...), in plan order."""
+        return [s for s in self.stages if self.stage_kind(s) == kind]
+
     def members(self, stage: str, done: bool = True) -> list[Member]:
         return [m for m in self._members.get(stage, []) if m.status == "done" or not done]
 
