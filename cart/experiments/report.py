@@ -45,6 +45,8 @@ def _params(n: int | None) -> str:
 
 
 def _set_head(study, s: str) -> str:
+    if s == A.IN_DOMAIN:
+        return "ppl in-domain mix"
     return f"ppl {s}" + (" (ood)" if s in study.ood_sets() else "")
 
 
@@ -528,14 +530,19 @@ def _vary_r(study: A.Study, figs: Figures, paper: bool, stage: str = "vary_r", t
         tag = " (best model of its stage)" if any(r["best"] for r in rs) else ""
         out += [f"**{src}: {name}**{tag}: trained at R = {trained}" + (f" (R sampled: {sampling})" if sampling != "fixed" else "")
                 + f"; seeds {sorted(r['member'].seed for r in rs)}", ""]
-        head = ["R"] + [_set_head(study, s) for s in sets] + ["contraction"]
+        head = ["R"] + [_set_head(study, s) for s in sets] + ["contraction", f"vs R = {trained} [95 % CI], paired over seeds",
+                                                                 "test"]
         trs, pts = [], []
         for R in Rs:
             cs = [r["curve"][R] for r in rs if R in r["curve"]]
             label = f"**{R}**" if R == trained else (f"adaptive ({cs[0]['mean_loops']:.2f})" if cs[0].get("mean_loops") else str(R))
             stats = {s: A.Stat([c["ppl"][s] for c in cs if c["ppl"].get(s) is not None]) for s in sets}
             con = A.Stat([c["contraction"] for c in cs if c.get("contraction") is not None])
-            trs.append([label] + [st.fmt() for st in stats.values()] + [con.fmt(3)])
+            pairs = [(r["curve"][R]["ppl"].get(study.metric), r["curve"][trained]["ppl"].get(study.metric)) for r in rs
+                     if R in r["curve"] and trained in r["curve"]]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            vs = ["baseline", ""] if R == trained else _cmp_cells(A.paired(*map(list, zip(*pairs))) if pairs else None)
+            trs.append([label] + [st.fmt() for st in stats.values()] + [con.fmt(3)] + vs)
             if isinstance(R, int) and stats.get(study.metric) and stats[study.metric].values:
                 pts.append((R, stats[study.metric]))
         curves[(src, name, trained)] = pts

@@ -224,3 +224,14 @@ def test_vary_r_claim_is_one_sided_when_more_loops_do_not_hurt(tmp_path):
     study = _claim_study(tmp_path, {1: (300.0, 520.0, 410.0), 4: (100.0, 170.0, 140.0), 8: (101.0, 168.0, 141.0)})
     f = {x["id"]: x for x in A.findings(study)}
     assert f["vary_r"]["verdict"] == "undetermined or one-sided: R1 worse, R8 no significant change"
+
+
+def test_report_gives_each_r_its_paired_effect_against_the_trained_r(tmp_path):
+    from cart.experiments import report
+
+    study = _claim_study(tmp_path / "s", {1: (300.0, 520.0, 410.0), 4: (100.0, 170.0, 140.0), 8: (104.0, 176.0, 146.0)})
+    text = "\n".join(report._vary_r(study, report.Figures(tmp_path / "out"), False, "q4_vary_r", "Q4"))
+    assert "| R | ppl in-domain mix | ppl a | contraction | vs R = 4 [95 % CI], paired over seeds | test |" in text
+    assert "| **4** | " in text and "| baseline |  |" in text
+    r8 = next(line for line in text.splitlines() if line.startswith("| 8 |"))
+    assert "| +3.94 % [+3.0 %, +4.9 %] | p = 0.003, MDE 1.1 % |" in r8  # 104/100, 176/170, 146/140, paired
