@@ -74,7 +74,7 @@ class CartConfig(PretrainedConfig):
                      "initializer_range": "init_std"}
 
     def __init__(self, kind="cart", vocab_size=32000, d_model=256, max_seq_len=1024, rope_base=10000.0, norm_eps=1e-6,
-                 init_std=0.02, n_prelude=6, n_loops=6, fidelity="stable", freeze_kv=True, share_core=True,
+                 init_std=0.02, n_prelude=6, n_loops=6, fidelity="paper", freeze_kv=True, share_core=True,
                  core_attention="cross", hyper_connections=True, lti_gate=True, loop_embedding=True, loop_embed_dim=32,
                  gate_init=0.9, hyper_init_gap=16.0, n_layers=7, attention="mha", share_layers=False, use_cache=True,
                  **kwargs):

@@ -236,3 +236,16 @@ def test_without_transformers_the_export_is_written_unchecked(smoke_data, tmp_pa
     assert main(["export", "hf", str(run), str(tmp_path / "hf")]) == 0
     assert "transformers is not installed" in capsys.readouterr().out
     assert json.loads((tmp_path / "hf" / "cart_run" / "export.json").read_text())["verified"] is None
+
+
+def test_exported_config_defaults_are_cart_defaults():
+    """A hand-written config.json that omits a field gets cart's default for it (fidelity included)."""
+    import dataclasses
+
+    from cart.config import CARTConfig
+    from cart.export.modeling_cart import CartConfig
+
+    ours, theirs = CARTConfig(), CartConfig()
+    shared = [f.name for f in dataclasses.fields(ours) if hasattr(theirs, f.name)]
+    assert {"fidelity", "gate_init", "hyper_init_gap", "n_prelude", "n_loops", "freeze_kv"} <= set(shared)
+    assert {n: getattr(theirs, n) for n in shared} == {n: getattr(ours, n) for n in shared}
