@@ -50,6 +50,19 @@ def _set_head(study, s: str) -> str:
     return f"ppl {s}" + (" (ood)" if s in study.ood_sets() else "")
 
 
+def _ppl_sets(study: A.Study) -> list[str]:
+    """Columns of perplexity: the study's metric first when it is a mix (the in-domain mix), then every set."""
+    sets = study.valsets()
+    return ([study.metric] if study.metric not in sets else []) + sets
+
+
+def _ppl_cell(study: A.Study, members: list, s: str) -> str:
+    """Mean ± std over seeds of one set's perplexity, or of the study's metric (the in-domain mix)."""
+    if s == study.metric:
+        return A.Stat(study.values(members)).fmt()
+    return A.Stat([m.finals[f"ppl.{s}"] for m in members if f"ppl.{s}" in m.finals]).fmt()
+
+
 def _floor_cell(study: A.Study, members: list) -> str:
     """The bigram floor of the selection metric over these members (mean), and ppl/floor."""
     fl = [m.floor(study.metric) for m in members]
@@ -334,7 +347,7 @@ def _ablations(study: A.Study, paper: bool) -> list[str]:
     rows = A.ablations(study)
     if not rows:
         return []
-    sets = study.valsets()
+    sets = _ppl_sets(study)
     base = next((r for r in rows if r["variant"] == "cart"), None)
     t = base["members"][0].tags if base else {}
     out = ["## Ablations", "", f"At d = {t.get('d')}, P = {t.get('P')}, R = {t.get('R')}, seeds "
@@ -347,7 +360,7 @@ def _ablations(study: A.Study, paper: bool) -> list[str]:
     trs, below = [], []
     for r in rows:
         row = [r["title"], _params(r["stored"]), _params(r["effective"])]
-        row += [A.Stat([m.finals[f"ppl.{s}"] for m in r["members"] if f"ppl.{s}" in m.finals]).fmt() for s in sets]
+        row += [_ppl_cell(study, r["members"], s) for s in sets]
         row.append(_floor_cell(study, r["members"]))
         row += ["baseline", ""] if r["variant"] == "cart" else _cmp_cells(r.get("vs_base"))
         if paper:
@@ -363,7 +376,7 @@ def _variants_section(study: A.Study, stage: str, title: str, intro: str) -> lis
     rows = A.variants(study, stage)
     if not rows:
         return []
-    sets = study.valsets()
+    sets = _ppl_sets(study)
     out = [f"## {title}", "", intro, ""]
     head = (["variant", "d", "arch", "stored", "effective"] + [_set_head(study, s) for s in sets]
             + ["floor (ppl/floor)", "ρ (final)", f"vs {rows[0].get('baseline') or rows[0]['variant']} [95 % CI]", "test"])
@@ -371,7 +384,7 @@ def _variants_section(study: A.Study, stage: str, title: str, intro: str) -> lis
     for r in rows:
         ms = r["members"]
         trs.append([r["variant"], r["d"], r["arch"], _params(r["stored"]), _params(r["effective"])]
-                   + [A.Stat([m.finals[f"ppl.{s}"] for m in ms if f"ppl.{s}" in m.finals]).fmt() for s in sets]
+                   + [_ppl_cell(study, ms, s) for s in sets]
                    + [_floor_cell(study, ms), A.Stat([m.finals["rho_gate"] for m in ms if m.finals.get("rho_gate") is not None]).fmt(4)]
                    + (["baseline", ""] if "vs_base" not in r else _cmp_cells(r["vs_base"])))
         below += r["below_floor"]
@@ -515,7 +528,7 @@ def _vary_r(study: A.Study, figs: Figures, paper: bool, stage: str = "vary_r", t
     rows = A.vary_r(study, stage)
     if not rows:
         return []
-    sets = ([A.IN_DOMAIN] if study.metric == A.IN_DOMAIN else []) + study.valsets()
+    sets = _ppl_sets(study)
     out = [f"## {title or 'Variable R at inference'}", "",
            "Each model run at other loop counts without fine-tuning (`cart eval vary-r`); models that differ only in their "
            "seed are pooled (mean ± std over seeds per R), with the measured contraction at each R.", ""]
@@ -602,12 +615,12 @@ def _grid_section(study: A.Study, stage: str, title: str, intro: str) -> list[st
     g = A.grid_effects(study, stage)
     if not g:
         return []
-    sets = study.valsets()
+    sets = _ppl_sets(study)
     out = [f"## {title}", ""] + ([intro, ""] if intro else [])
     head = list(g["fields"]) + [_set_head(study, s) for s in sets] + ["floor (ppl/floor)"]
     trs, below = [], []
     for key, ms in g["cells"].items():
-        trs.append(list(key) + [A.Stat([m.finals[f"ppl.{s}"] for m in ms if f"ppl.{s}" in m.finals]).fmt() for s in sets]
+        trs.append(list(key) + [_ppl_cell(study, ms, s) for s in sets]
                    + [_floor_cell(study, ms)])
         below += study.below_floor(ms)
     out += [table(head, trs), ""]

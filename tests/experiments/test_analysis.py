@@ -235,3 +235,16 @@ def test_report_gives_each_r_its_paired_effect_against_the_trained_r(tmp_path):
     assert "| **4** | " in text and "| baseline |  |" in text
     r8 = next(line for line in text.splitlines() if line.startswith("| 8 |"))
     assert "| +3.94 % [+3.0 %, +4.9 %] | p = 0.003, MDE 1.1 % |" in r8  # 104/100, 176/170, 146/140, paired
+
+
+def test_variant_tables_show_the_metric_the_effect_is_measured_on(tmp_path):
+    """The effect column is on the in-domain mix, so the mix itself stands beside the per-set columns."""
+    from cart.experiments import report
+
+    ms = [(f"{v}-s{seed}", {"variant": v, "seed": seed}, {"R": 2 if v == "cart" else 3},
+           _finals({"a": p * (1 + 0.01 * i), "code": 40.0}, {"a": 200.0, "code": 80.0}))
+          for v, p in (("cart", 100.0), ("other", 90.0)) for i, seed in enumerate((42, 137, 271))]
+    study = A.Study(build(tmp_path, {"q1": ("variants", ms)}))
+    text = "\n".join(report._variants_section(study, "q1", "Q1", ""))
+    assert "| variant | d | arch | stored | effective | ppl in-domain mix | ppl a | ppl code (ood) |" in text
+    assert "| cart | 64 | cart |" in text and "| 101.00 ± 1.00 (n=3) | 101.00 ± 1.00 (n=3) | 40.00 ± 0.00 (n=3) |" in text
