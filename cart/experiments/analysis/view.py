@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cart.experiments.analysis.stats import Stat
 from cart.experiments.plans import PlanError, load_plan
@@ -122,7 +123,7 @@ class Study:
                 ood |= {name for name, m in final.items() if isinstance(m, dict) and m.get("out_of_domain")}
         return ood
 
-    @property
+    @cached_property
     def stages(self) -> list[str]:
         """The study's stages in plan order: the position each stage was planned at (recorded since
         stages carry an `index`), else its position in the plan file the study names, else the order
