@@ -17,5 +17,7 @@ cart sweep run all --tier cpu --study runs/study-cpu --workers 2 --threads 1
 # the sweep's most-expensive-first, so that the time left completes whole cells over three seeds (done at 15:03
 # with Python's sqlite3, priorities 7000000-7000008 by cell then seed; this statement orders the same):
 #   sqlite3 runs/study-cpu/study.db "UPDATE runs SET priority = 7000000 + CASE WHEN name LIKE '%P2-R2%' THEN 0 WHEN name LIKE '%P4-R2%' THEN 3 ELSE 6 END WHERE plan = 'q5_p_vs_r' AND status = 'pending'"
+# stopped at 17:23 after Q4's evaluations; then Q5's two remaining P2 R2 seeds (stopped at 17:39, as P4 R2 began):
+cart sweep run q5_p_vs_r --tier cpu --study runs/study-cpu --workers 2 --threads 1
 # The report, with main's report code:
 cart report runs/study-cpu --out results/cpu --commands results/cpu/commands.sh
